@@ -1,0 +1,143 @@
+"""TrialConfig: the one typed, validated description of a trial, from grid to Parquet row."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+NORMS = ("none", "batch", "weight", "layer", "instance")
+UPDATES = ("l2", "projection")
+L2_SCOPES = ("all", "normalized")
+DATA_SOURCES = ("cifar10", "synthetic")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Fields that say where/how a trial runs, not what it computes: left out of the trial id,
+# so the same grid point has the same id on a laptop and on a cluster.
+EXECUTION_FIELDS = ("device", "data_dir")
+
+_CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "norm": NORMS,
+    "update": UPDATES,
+    "l2_scope": L2_SCOPES,
+    "data": DATA_SOURCES,
+}
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial of the study. `l2` is lam in the loss term lam*||w||^2 (THEORY.md)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    l2: float = 5e-4
+    norm: str = "batch"
+    update: str = "l2"
+    l2_scope: str = "all"
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    width: int = 32
+    n_train: Optional[int] = None
+    n_test: Optional[int] = None
+    augment: bool = True
+    data: str = "cifar10"
+    data_dir: Optional[str] = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        """Build from a plain dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {unknown}; allowed keys: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat dict of every field, for Parquet rows and Ray's param space."""
+        return dataclasses.asdict(self)
+
+    @property
+    def trial_id(self) -> str:
+        """Stable 12-hex id from the science fields (not device or data location)."""
+        row = {k: v for k, v in self.to_row().items() if k not in EXECUTION_FIELDS}
+        blob = json.dumps(row, sort_keys=True, default=repr).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+    @property
+    def weight_decay(self) -> float:
+        """PyTorch's weight_decay for this l2: the gradient of lam*||w||^2 is 2*lam*w."""
+        return 2.0 * self.l2
+
+    @property
+    def momentum(self) -> float:
+        """SGD momentum coefficient (0 except for optimizer=momentum)."""
+        return 0.9 if self.optimizer == "momentum" else 0.0
+
+
+_TYPES = {
+    "str": (str,), "float": (float, int), "int": (int,), "bool": (bool,),
+    "Optional[int]": (int, type(None)), "Optional[str]": (str, type(None)),
+}
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    """Check the value's type against the field's annotation; ints become floats for floats."""
+    allowed = _TYPES[str(type_name)]
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if not ok:
+        raise ConfigError(
+            f"config field '{name}' must be of type {type_name}, got {value!r} "
+            f"({type(value).__name__})")
+    return float(value) if type_name == "float" else value
+
+
+def _validate(cfg: TrialConfig) -> None:
+    """Range and cross-field checks; each error names the field and the allowed values."""
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(
+                f"config field '{name}' must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"config field 'lr' must be a finite number > 0, got {cfg.lr!r}")
+    if not (math.isfinite(cfg.l2) and cfg.l2 >= 0):
+        raise ConfigError(f"config field 'l2' must be a finite number >= 0, got {cfg.l2!r}")
+    for name in ("epochs", "batch_size", "width"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"config field '{name}' must be an integer >= 1, got {getattr(cfg, name)!r}")
+    for name in ("n_train", "n_test"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"config field '{name}' must be None (all) or an integer >= 1, got {value!r}")
+    if cfg.seed < 0:
+        raise ConfigError(f"config field 'seed' must be an integer >= 0, got {cfg.seed!r}")
+    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
+        raise ConfigError(
+            f"config field 'device' must be one of {list(DEVICES)} or 'cuda:N', got {cfg.device!r}")
+    if cfg.norm == "none" and cfg.update == "projection":
+        raise ConfigError(
+            "config field 'update'='projection' needs a normalization: 'norm' must be one of "
+            f"{list(NORMS[1:])}, got 'none'")
+    if cfg.norm == "none" and cfg.l2_scope == "normalized":
+        raise ConfigError(
+            "config field 'l2_scope'='normalized' needs a normalization: 'norm' must be one of "
+            f"{list(NORMS[1:])}, got 'none'")

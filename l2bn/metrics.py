@@ -1,0 +1,89 @@
+"""Measured per-layer quantities: weight norms, relative and angular updates, effective LR.
+
+Sums are kept on the device and read once per epoch, so measuring adds no host sync per step.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import theory
+from .optim import unit_norms
+
+
+def angular_update(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Mean over output units of arccos(cos(w_t, w_t+1)), in radians (THEORY.md)."""
+    a, b = before.flatten(1), after.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+    return torch.arccos(cos.clamp(-1.0, 1.0)).mean()
+
+
+def relative_update(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """||w_t+1 - w_t|| / ||w_t|| over the whole layer."""
+    return (after - before).norm() / before.norm().clamp_min(1e-30)
+
+
+class UpdateTracker:
+    """Accumulates per-step update statistics for named weights over one epoch."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        self.weights = weights
+        self.before: dict[str, torch.Tensor] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new epoch."""
+        self.steps = 0
+        self.sums = {name: {} for name in self.weights}
+
+    def snapshot(self) -> None:
+        """Remember the weights (and gradient norm at unit scale) before an optimizer step."""
+        for name, w in self.weights.items():
+            self.before[name] = w.detach().clone()
+            if w.grad is not None:
+                # By scale invariance the gradient at w/||w|| is grad(w)*||w|| (claim 2).
+                g_hat = (unit_norms(w.grad) * unit_norms(w)).mean()
+                self._add(name, "grad_norm_unit", g_hat)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Add this step's update statistics (call after the step and any projection)."""
+        for name, w in self.weights.items():
+            before = self.before[name]
+            self._add(name, "rel_update", relative_update(before, w))
+            self._add(name, "angular_update", angular_update(before, w))
+        self.steps += 1
+
+    def _add(self, name: str, key: str, value: torch.Tensor) -> None:
+        sums = self.sums[name]
+        sums[key] = sums[key] + value if key in sums else value.detach().clone()
+
+    def means(self) -> dict[str, dict[str, float]]:
+        """Per-name per-key means over the epoch's steps (one host read per value)."""
+        n = max(self.steps, 1)
+        return {name: {k: float(v) / n for k, v in sums.items()} for name, sums in self.sums.items()}
+
+
+def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
+                  normalized: set[str]) -> dict[str, float]:
+    """Flat per-layer columns: <layer>_w_norm, _unit_norm, _rel_update, _angular_update,
+    _grad_norm_unit, _eff_lr (measured) and _pred_angular_update (theory's equilibrium value,
+    NaN where it does not apply: layers without a normalization, or the projection update)."""
+    row: dict[str, float] = {}
+    means = tracker.means()
+    for name, w in weights.items():
+        units = unit_norms(w).cpu().numpy()
+        m = means[name]
+        fan_in = w[0].numel()
+        row[f"{name}_w_norm"] = float(w.detach().norm())
+        row[f"{name}_unit_norm"] = float(units.mean())
+        row[f"{name}_rel_update"] = m.get("rel_update", float("nan"))
+        row[f"{name}_angular_update"] = m.get("angular_update", float("nan"))
+        row[f"{name}_grad_norm_unit"] = m.get("grad_norm_unit", float("nan"))
+        row[f"{name}_eff_lr"] = float(theory.measured_effective_lr(cfg.optimizer, cfg.lr, units).mean())
+        predicted = float("nan")
+        if name in normalized and cfg.update == "l2":
+            predicted = float(theory.equilibrium_angular_update(
+                cfg.optimizer, cfg.lr, cfg.l2, momentum=cfg.momentum, fan_in=fan_in,
+                grad_norm_unit=row[f"{name}_grad_norm_unit"]))
+        row[f"{name}_pred_angular_update"] = predicted
+    return row

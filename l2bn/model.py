@@ -1,0 +1,77 @@
+"""The 4-layer ConvNet of the study: three conv blocks and a linear classifier."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+CONV_LAYERS = ("conv1", "conv2", "conv3")
+CLASSIFIER = "fc"
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    """The normalization that follows a conv, by name (weight norm lives on the conv itself)."""
+    table = {
+        "batch": lambda: nn.BatchNorm2d(channels),
+        "layer": lambda: nn.GroupNorm(1, channels),  # layer norm over (C, H, W)
+        "instance": lambda: nn.GroupNorm(channels, channels),  # instance norm, affine
+        "none": nn.Identity,
+        "weight": nn.Identity,
+    }
+    return table[norm]()
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 -> normalization -> ReLU -> 2x2 max-pool."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str):
+        super().__init__()
+        # A following batch/layer/instance norm removes any bias; weight norm and none keep it.
+        bias = norm in ("none", "weight")
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
+        self.conv = parametrizations.weight_norm(conv) if norm == "weight" else conv
+        self.norm = _norm_layer(norm, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.max_pool2d(torch.relu(self.norm(self.conv(x))), 2)
+
+
+class ConvNet(nn.Module):
+    """Conv widths (w, 2w, 4w) on 32x32 inputs, then a linear classifier to 10 classes."""
+
+    def __init__(self, norm: str = "batch", width: int = 32, num_classes: int = 10):
+        super().__init__()
+        self.norm_name = norm
+        self.conv1 = ConvBlock(3, width, norm)
+        self.conv2 = ConvBlock(width, 2 * width, norm)
+        self.conv3 = ConvBlock(2 * width, 4 * width, norm)
+        self.fc = nn.Linear(4 * width * 4 * 4, num_classes)  # 32 -> 16 -> 8 -> 4 pixels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3(self.conv2(self.conv1(x)))
+        return self.fc(x.flatten(1))
+
+
+def layer_weight(model: ConvNet, name: str) -> torch.nn.Parameter:
+    """The decayed weight of a layer: the conv weight, or weight norm's direction v."""
+    if name == CLASSIFIER:
+        return model.fc.weight
+    conv = getattr(model, name).conv
+    if parametrizations.parametrize.is_parametrized(conv, "weight"):
+        return conv.parametrizations.weight.original1  # v: the scale-invariant direction
+    return conv.weight
+
+
+def normalized_weights(model: ConvNet) -> dict[str, torch.nn.Parameter]:
+    """Weights followed by a normalization (scale-invariant); empty for norm='none'."""
+    if model.norm_name == "none":
+        return {}
+    return {name: layer_weight(model, name) for name in CONV_LAYERS}
+
+
+def decayed_weights(model: ConvNet, scope: str) -> dict[str, torch.nn.Parameter]:
+    """Weights that get L2: all conv + classifier weights, or only the normalized ones."""
+    if scope == "normalized":
+        return normalized_weights(model)
+    names = CONV_LAYERS + (CLASSIFIER,)
+    return {name: layer_weight(model, name) for name in names}

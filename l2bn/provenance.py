@@ -1,0 +1,51 @@
+"""What every result row records about where it came from: versions, device, git revision."""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+from . import __version__
+
+
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str:
+    """$L2BN_GIT_REV (set by the sweep driver for its workers), else `git rev-parse HEAD`."""
+    if os.environ.get("L2BN_GIT_REV"):
+        return os.environ["L2BN_GIT_REV"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    """GPU model name on CUDA, else the CPU's architecture."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{platform.machine()}"
+
+
+def run_info(device: torch.device) -> dict[str, str]:
+    """Columns that make a row explain itself."""
+    try:
+        import torchvision
+        tv = torchvision.__version__
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        tv = "missing"
+    return {
+        "l2bn_version": __version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": tv,
+        "python_version": platform.python_version(),
+        "device_name": device_name(device),
+        "hostname": socket.gethostname(),
+        "git_rev": git_revision(),
+    }

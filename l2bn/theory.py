@@ -1,0 +1,82 @@
+"""Pure functions of (optimizer, lr, l2, momentum, betas): the theory's predictions.
+
+All formulas are from ../THEORY.md (van Laarhoven 2017; Wan et al. 2020, Thm. 3;
+Kosson et al. 2023), with wd = 2*l2 because the paper's penalty is l2*||w||^2.
+They work on floats and on numpy arrays alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ADAM_BETAS = (0.9, 0.999)
+SGD_FAMILY = ("sgd", "momentum")
+ADAM_FAMILY = ("adam", "adamw")
+
+
+def weight_decay(l2):
+    """PyTorch-style weight decay for the paper's penalty l2*||w||^2: its gradient is 2*l2*w."""
+    return 2.0 * np.asarray(l2, dtype=float)
+
+
+def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
+                               betas=ADAM_BETAS, fan_in=None, grad_norm_unit=None):
+    """Predicted per-step angular update at equilibrium (THEORY.md table).
+
+    sgd: sqrt(2*lr*wd); momentum: sqrt(2*lr*wd/(1+mu)); adamw: sqrt(2*lr*wd*(1-b1)/(1+b1));
+    adam with coupled L2: (2*wd*lr^2*d/||g_hat||)^(1/3), which needs the fan-in d and the
+    gradient norm at unit weight norm (NaN when they are not given).
+    """
+    lr, wd = np.asarray(lr, dtype=float), weight_decay(l2)
+    if optimizer == "sgd":
+        out = np.sqrt(2 * lr * wd)
+    elif optimizer == "momentum":
+        out = np.sqrt(2 * lr * wd / (1 + momentum))
+    elif optimizer == "adamw":
+        b1 = betas[0]
+        out = np.sqrt(2 * lr * wd * (1 - b1) / (1 + b1))
+    elif optimizer == "adam":
+        if fan_in is None or grad_norm_unit is None:
+            out = np.full(np.broadcast(lr, wd).shape, np.nan)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = np.cbrt(2 * wd * lr**2 * fan_in / np.asarray(grad_norm_unit, dtype=float))
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
+                         f"{list(SGD_FAMILY + ADAM_FAMILY)}")
+    return out if out.ndim else float(out)
+
+
+def effective_lr_proxy(optimizer: str, lr, l2):
+    """The quantity test error should depend on alone, up to constants (THEORY.md claim 3).
+
+    sgd/momentum: lr*l2 (iso-lines lr*l2 = const); adam with coupled L2: (lr^2*l2)^(1/3);
+    adamw: lr*l2 (decoupled decay behaves like SGD's). Monotone in the predicted
+    equilibrium angular update, so it orders cells the same way.
+    """
+    lr, l2 = np.asarray(lr, dtype=float), np.asarray(l2, dtype=float)
+    out = np.cbrt(lr**2 * l2) if optimizer == "adam" else lr * l2
+    return out if out.ndim else float(out)
+
+
+def iso_slope(optimizer: str) -> float:
+    """The theory's s in log(lr) + s*log(l2) = const: 1 for SGD-like, 1/2 for Adam + L2."""
+    return 0.5 if optimizer == "adam" else 1.0
+
+
+def measured_effective_lr(optimizer: str, lr, unit_norm):
+    """Measured effective LR from the weight norm: lr/||w||^2 (SGD family), lr/||w|| (Adam)."""
+    power = 1.0 if optimizer in ADAM_FAMILY else 2.0
+    out = np.asarray(lr, dtype=float) / np.asarray(unit_norm, dtype=float) ** power
+    return out if out.ndim else float(out)
+
+
+def relaxation_steps(optimizer: str, lr, l2, momentum: float = 0.0):
+    """Steps to reach equilibrium, of order 1/(lr*wd); (1-mu)/(lr*wd) with momentum (THEORY.md).
+
+    For Adam the same 1/(lr*wd) scale is used as a rough guide (the norm's decay rate under
+    coupled L2 is not a closed form); it is inf when l2 = 0 (no equilibrium).
+    """
+    rate = np.asarray(lr, dtype=float) * weight_decay(l2)
+    with np.errstate(divide="ignore"):
+        out = (1.0 - momentum) / rate
+    return out if np.ndim(out) else float(out)
