@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 
 from . import theory
+from .model import scale_groups
 from .optim import unit_norms
 
 
-def angular_update(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """Mean over output units of arccos(cos(w_t, w_t+1)), in radians (THEORY.md)."""
-    a, b = before.flatten(1), after.flatten(1)
+def angular_update(before: torch.Tensor, after: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:
+    """Mean over scale-invariant groups of arccos(cos(w_t, w_t+1)), in radians (THEORY.md)."""
+    a, b = scale_groups(before, whole_layer), scale_groups(after, whole_layer)
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
     return torch.arccos(cos.clamp(-1.0, 1.0)).mean()
 
@@ -25,8 +26,9 @@ def relative_update(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
 class UpdateTracker:
     """Accumulates per-step update statistics for named weights over one epoch."""
 
-    def __init__(self, weights: dict[str, torch.Tensor]):
+    def __init__(self, weights: dict[str, torch.Tensor], whole_layer: set[str] = frozenset()):
         self.weights = weights
+        self.whole_layer = whole_layer
         self.before: dict[str, torch.Tensor] = {}
         self.reset()
 
@@ -41,7 +43,8 @@ class UpdateTracker:
             self.before[name] = w.detach().clone()
             if w.grad is not None:
                 # By scale invariance the gradient at w/||w|| is grad(w)*||w|| (claim 2).
-                g_hat = (unit_norms(w.grad) * unit_norms(w)).mean()
+                whole = name in self.whole_layer
+                g_hat = (unit_norms(w.grad, whole) * unit_norms(w, whole)).mean()
                 self._add(name, "grad_norm_unit", g_hat)
 
     @torch.no_grad()
@@ -50,7 +53,7 @@ class UpdateTracker:
         for name, w in self.weights.items():
             before = self.before[name]
             self._add(name, "rel_update", relative_update(before, w))
-            self._add(name, "angular_update", angular_update(before, w))
+            self._add(name, "angular_update", angular_update(before, w, name in self.whole_layer))
         self.steps += 1
 
     def _add(self, name: str, key: str, value: torch.Tensor) -> None:
@@ -71,7 +74,7 @@ def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
     row: dict[str, float] = {}
     means = tracker.means()
     for name, w in weights.items():
-        units = unit_norms(w).cpu().numpy()
+        units = unit_norms(w, name in tracker.whole_layer).cpu().numpy()
         m = means[name]
         fan_in = w[0].numel()
         row[f"{name}_w_norm"] = float(w.detach().norm())

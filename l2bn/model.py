@@ -62,6 +62,21 @@ def layer_weight(model: ConvNet, name: str) -> torch.nn.Parameter:
     return conv.weight
 
 
+def whole_layer_group(model: ConvNet, name: str) -> bool:
+    """True where the whole layer, not each output unit, is the scale-invariant group.
+
+    Batch, instance and weight norm normalize each output channel on its own, so each unit
+    is invariant to its own scale; layer norm pools all channels, so only a joint rescaling
+    of the layer leaves the output unchanged.
+    """
+    return model.norm_name == "layer" and name in CONV_LAYERS
+
+
+def scale_groups(weight: torch.Tensor, whole_layer: bool) -> torch.Tensor:
+    """(G, D) view of a weight: one row per scale-invariant group (output unit or layer)."""
+    return weight.reshape(1, -1) if whole_layer else weight.flatten(1)
+
+
 def normalized_weights(model: ConvNet) -> dict[str, torch.nn.Parameter]:
     """Weights followed by a normalization (scale-invariant); empty for norm='none'."""
     if model.norm_name == "none":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .config import TrialConfig
-from .model import ConvNet, decayed_weights, normalized_weights
+from .model import ConvNet, decayed_weights, normalized_weights, scale_groups, whole_layer_group
 
 ADAM_BETAS = (0.9, 0.999)
 
@@ -38,17 +38,19 @@ def build_optimizer(model: ConvNet, cfg: TrialConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
 
 
-def unit_norms(weight: torch.Tensor) -> torch.Tensor:
-    """Norm of each output unit (row of a linear weight, output channel of a conv)."""
-    return weight.detach().flatten(1).norm(dim=1)
+def unit_norms(weight: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:
+    """Norm of each scale-invariant group: output unit (row / output channel) or whole layer."""
+    return scale_groups(weight.detach(), whole_layer).norm(dim=1)
 
 
 @torch.no_grad()
 def project_(model: ConvNet) -> None:
-    """Direct weight-normalization update (van Laarhoven 2017): w_u <- w_u/||w_u|| per unit."""
-    for weight in normalized_weights(model).values():
-        norms = unit_norms(weight).clamp_min(1e-12)
-        weight.div_(norms.view(-1, *([1] * (weight.dim() - 1))))
+    """Direct weight-normalization update (van Laarhoven 2017): w_u <- w_u/||w_u|| for each
+    output unit u; for layer norm the whole layer is the unit (see whole_layer_group)."""
+    for name, weight in normalized_weights(model).items():
+        whole = whole_layer_group(model, name)
+        norms = unit_norms(weight, whole).clamp_min(1e-12)
+        weight.div_(norms.view(-1, *([1] * (weight.dim() - 1))) if not whole else norms)
 
 
 def after_step(model: ConvNet, cfg: TrialConfig) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -14,12 +15,16 @@ import torch.nn.functional as F
 from .config import ConfigError, TrialConfig
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
-from .model import CLASSIFIER, CONV_LAYERS, ConvNet, layer_weight, normalized_weights
+from .model import (CLASSIFIER, CONV_LAYERS, ConvNet, layer_weight, normalized_weights,
+                    whole_layer_group)
 from .optim import after_step, build_optimizer, project_
 from .provenance import run_info
 
 Row = dict[str, Any]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
+# A mean training loss 100x that of chance (ln 10) means the run has blown up even when
+# float32 still holds the numbers; such a trial counts as diverged like a NaN one.
+DIVERGENCE_LOSS = 100 * math.log(10)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,16 +52,19 @@ class Trial:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.weights = {n: layer_weight(self.model, n) for n in CONV_LAYERS + (CLASSIFIER,)}
         self.normalized = set(normalized_weights(self.model))
-        self.tracker = UpdateTracker(self.weights)
+        whole = {n for n in self.weights if whole_layer_group(self.model, n)}
+        self.tracker = UpdateTracker(self.weights, whole)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[Row] = []
         self.info = run_info(self.device)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue after `self.epoch` exactly as if never stopped."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step,
-                "elapsed": self.elapsed, "history": list(self.history)}
+        # Deep copies: state_dict() returns the live tensors, which training keeps mutating.
+        return copy.deepcopy({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step,
+            "elapsed": self.elapsed, "history": self.history})
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore from `state()`."""
@@ -89,14 +97,18 @@ class Trial:
             self.tracker.update()
             loss_sum += loss.detach() * len(idx)
             err_sum += (logits.argmax(1) != labels).sum()
-            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and self._blown_up(loss_sum / (i + 1) / len(idx)):
                 return None
         self.step += len(batches)
         n = sum(len(idx) for idx in batches)
-        if not (torch.isfinite(loss_sum) and self._weights_finite()):
+        if self._blown_up(loss_sum / n) or not self._weights_finite():
             return None
         return {"train_loss": float(loss_sum) / n, "train_error": float(err_sum) / n,
                 "steps_per_epoch": len(batches), "train_images": n}
+
+    @staticmethod
+    def _blown_up(mean_loss: torch.Tensor) -> bool:
+        return not bool(torch.isfinite(mean_loss)) or float(mean_loss) > DIVERGENCE_LOSS
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())

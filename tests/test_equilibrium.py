@@ -1,0 +1,60 @@
+"""SGD + L2 on a scale-invariant problem reaches the predicted equilibrium angular update."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from l2bn import theory
+from l2bn.metrics import UpdateTracker
+
+
+def _run_to_equilibrium(lr: float, l2: float, steps: int, measure: int) -> float:
+    """Linear layer -> batch norm (scale-invariant in w) -> fixed head; random labels give
+    mini-batch noise so the gradient never vanishes. Returns the mean angular update over
+    the last `measure` steps, measured by the trials' own UpdateTracker."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 32, generator=gen)
+    y = torch.randint(0, 4, (2048,), generator=gen)
+    w = torch.nn.Parameter(torch.randn(16, 32, generator=gen))
+    head = torch.randn(4, 16, generator=gen)
+    opt = torch.optim.SGD([w], lr=lr, weight_decay=theory.weight_decay(l2).item())
+    tracker = UpdateTracker({"w": w})
+    for step in range(steps):
+        if step == steps - measure:
+            tracker.reset()
+        idx = torch.randint(0, 2048, (32,), generator=gen)
+        h = F.batch_norm(x[idx] @ w.T, None, None, training=True)
+        loss = F.cross_entropy(h @ head.T, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        tracker.snapshot()
+        opt.step()
+        tracker.update()
+    return tracker.means()["w"]["angular_update"]
+
+
+@pytest.mark.parametrize("lr, l2", [(0.1, 0.01), (0.05, 0.005)])
+def test_sgd_angular_update_matches_sqrt_2_lr_wd(lr, l2):
+    relax = theory.relaxation_steps("sgd", lr, l2)  # 1/(lr*wd) steps
+    measured = _run_to_equilibrium(lr, l2, steps=int(8 * relax) + 500, measure=500)
+    predicted = theory.equilibrium_angular_update("sgd", lr, l2)
+    assert predicted == pytest.approx(math.sqrt(2 * lr * 2 * l2))
+    assert measured == pytest.approx(predicted, rel=0.15)
+
+
+def test_theory_values_by_hand():
+    # sgd: sqrt(2*0.1*0.02) = 0.0632...; momentum 0.9 divides the square by 1.9
+    assert theory.equilibrium_angular_update("sgd", 0.1, 0.01) == pytest.approx(0.063245553)
+    assert theory.equilibrium_angular_update("momentum", 0.1, 0.01, momentum=0.9) == \
+        pytest.approx(math.sqrt(0.004 / 1.9))
+    # adamw: sqrt(2*lr*wd*(1-b1)/(1+b1)) = sqrt(0.004*0.1/1.9)
+    assert theory.equilibrium_angular_update("adamw", 0.1, 0.01) == pytest.approx(math.sqrt(0.0004 / 1.9))
+    # adam: (2*wd*lr^2*d/g)^(1/3) = (2*0.02*0.01*8/2)^(1/3)
+    assert theory.equilibrium_angular_update("adam", 0.1, 0.01, fan_in=8, grad_norm_unit=2.0) == \
+        pytest.approx(0.0016 ** (1 / 3))
+    assert math.isnan(theory.equilibrium_angular_update("adam", 0.1, 0.01))
+    assert theory.effective_lr_proxy("adam", 0.1, 0.01) == pytest.approx((1e-4) ** (1 / 3))
+    assert theory.relaxation_steps("momentum", 0.1, 0.01, momentum=0.9) == pytest.approx(50.0)
+    assert theory.measured_effective_lr("sgd", 0.1, 2.0) == pytest.approx(0.025)
+    assert theory.measured_effective_lr("adam", 0.1, 2.0) == pytest.approx(0.05)
