@@ -70,13 +70,22 @@ def measured_effective_lr(optimizer: str, lr, unit_norm):
     return out if out.ndim else float(out)
 
 
-def relaxation_steps(optimizer: str, lr, l2, momentum: float = 0.0):
-    """Steps to reach equilibrium, of order 1/(lr*wd); (1-mu)/(lr*wd) with momentum (THEORY.md).
+def relaxation_steps(optimizer: str, lr, l2, momentum: float = 0.0,
+                     fan_in=None, grad_norm_unit=None):
+    """Steps to reach equilibrium: 1/(lr*wd) for SGD, (1-mu)/(lr*wd) with momentum (THEORY.md);
+    inf when l2 = 0 (no equilibrium).
 
-    For Adam the same 1/(lr*wd) scale is used as a rough guide (the norm's decay rate under
-    coupled L2 is not a closed form); it is inf when l2 = 0 (no equilibrium).
+    Adam with coupled L2 divides the decay term by sqrt(v) ~ ||g_hat||/(||w||*sqrt(d)), so
+    ||w|| relaxes at rate lr*wd*sqrt(d)*||w_eq||/||g_hat||, with ||w_eq||^3 =
+    lr*sqrt(d)*||g_hat||/(2*wd) (THEORY.md table); that needs d and ||g_hat|| (else the
+    SGD form is returned as a rough guide).
     """
-    rate = np.asarray(lr, dtype=float) * weight_decay(l2)
-    with np.errstate(divide="ignore"):
-        out = (1.0 - momentum) / rate
+    lr, wd = np.asarray(lr, dtype=float), weight_decay(l2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if optimizer == "adam" and fan_in is not None and grad_norm_unit is not None:
+            g, root_d = np.asarray(grad_norm_unit, dtype=float), np.sqrt(fan_in)
+            w_eq = np.cbrt(lr * root_d * g / (2 * wd))
+            out = np.where(wd > 0, g / (lr * wd * root_d * w_eq), np.inf)
+        else:
+            out = (1.0 - momentum) / (lr * wd)
     return out if np.ndim(out) else float(out)

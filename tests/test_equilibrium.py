@@ -57,4 +57,8 @@ def test_theory_values_by_hand():
     assert theory.effective_lr_proxy("adam", 0.1, 0.01) == pytest.approx((1e-4) ** (1 / 3))
     assert theory.relaxation_steps("momentum", 0.1, 0.01, momentum=0.9) == pytest.approx(50.0)
     assert theory.measured_effective_lr("sgd", 0.1, 2.0) == pytest.approx(0.025)
+    # adam: ||w_eq||^3 = lr*sqrt(d)*g/(2*wd) = 0.001*4*1/0.04 = 0.1; steps = g/(lr*wd*sqrt(d)*w_eq)
+    assert theory.relaxation_steps("adam", 1e-3, 0.01, fan_in=16, grad_norm_unit=1.0) == \
+        pytest.approx(1 / (1e-3 * 0.02 * 4 * 0.1 ** (1 / 3)))
+    assert theory.relaxation_steps("adam", 1e-3, 0.0, fan_in=16, grad_norm_unit=1.0) == math.inf
     assert theory.measured_effective_lr("adam", 0.1, 2.0) == pytest.approx(0.05)
