@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 NORMS = ("none", "batch", "weight", "layer", "instance")
@@ -46,11 +46,11 @@ class TrialConfig:
     batch_size: int = 128
     seed: int = 0
     width: int = 32
-    n_train: Optional[int] = None
-    n_test: Optional[int] = None
+    n_train: int | None = None
+    n_test: int | None = None
     augment: bool = True
     data: str = "cifar10"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -59,7 +59,7 @@ class TrialConfig:
         _validate(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
         """Build from a plain dict, rejecting unknown keys."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -68,7 +68,7 @@ class TrialConfig:
                 f"unknown config key(s) {unknown}; allowed keys: {sorted(known)}")
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "TrialConfig":
+    def replace(self, **changes: Any) -> TrialConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -96,7 +96,7 @@ class TrialConfig:
 
 _TYPES = {
     "str": (str,), "float": (float, int), "int": (int,), "bool": (bool,),
-    "Optional[int]": (int, type(None)), "Optional[str]": (str, type(None)),
+    "int | None": (int, type(None)), "str | None": (str, type(None)),
 }
 
 

@@ -39,10 +39,10 @@ class Split:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
-    def head(self, n: int | None) -> "Split":
+    def head(self, n: int | None) -> Split:
         return self if n is None else Split(self.images[:n], self.labels[:n])
 
 

@@ -6,8 +6,9 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,14 @@ import torch.nn.functional as F
 from .config import ConfigError, TrialConfig
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
-from .model import (CLASSIFIER, CONV_LAYERS, ConvNet, layer_weight, normalized_weights,
-                    whole_layer_group)
+from .model import (
+    CLASSIFIER,
+    CONV_LAYERS,
+    ConvNet,
+    layer_weight,
+    normalized_weights,
+    whole_layer_group,
+)
 from .optim import after_step, build_optimizer, project_
 from .provenance import run_info
 
@@ -74,7 +81,7 @@ class Trial:
         self.epoch, self.step = state["epoch"], state["step"]
         self.elapsed, self.history = state["elapsed"], list(state["history"])
 
-    def train_epoch(self) -> Optional[dict[str, float]]:
+    def train_epoch(self) -> dict[str, float] | None:
         """One pass over the training set; None if the loss or weights became non-finite."""
         cfg, model, opt = self.cfg, self.model, self.optimizer
         model.train()
@@ -163,8 +170,8 @@ class Trial:
 
 
 def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
-          resume: Optional[dict[str, Any]] = None,
-          save_state: Optional[Callable[[dict[str, Any]], None]] = None) -> Row:
+          resume: dict[str, Any] | None = None,
+          save_state: Callable[[dict[str, Any]], None] | None = None) -> Row:
     """Run cfg.epochs epochs, calling report(row) after each; return the final row.
 
     `resume` is a dict from an earlier `save_state` call: training continues after its epoch.
@@ -192,18 +199,18 @@ TABLE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error"
 def format_row(row: Row, header: bool = False) -> str:
     """One line of the CLI's per-epoch table."""
     if header:
-        return "  ".join(f"{c:>14}" for c in TABLE_COLUMNS)
+        return "  ".join(TABLE_COLUMNS)
     cells = []
     for c in TABLE_COLUMNS:
         v = row.get(c, float("nan"))
-        cells.append(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}")
+        cells.append(f"{v:>{len(c)}.4g}" if isinstance(v, float) else f"{v!s:>{len(c)}}")
     return "  ".join(cells)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> TrialConfig:
+def parse_args(argv: list[str] | None = None) -> TrialConfig:
     """Command-line flags, one per TrialConfig field."""
     parser = argparse.ArgumentParser(prog="python -m l2bn.train", description=__doc__)
-    kinds = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}
+    kinds = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}
     for f in fields(TrialConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -218,7 +225,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrialConfig:
         parser.error(str(exc))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run one trial and print a per-epoch table."""
     cfg = parse_args(argv)
     print(f"# trial {cfg.trial_id}: {cfg}", flush=True)

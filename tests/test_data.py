@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from l2bn.data import (BATCH_DIR, DataError, augment, epoch_batches, load_cifar10, normalize,
-                       read_batch_file, read_cifar10_dir, synthetic_cifar)
+from l2bn.data import (
+    BATCH_DIR,
+    DataError,
+    augment,
+    epoch_batches,
+    load_cifar10,
+    normalize,
+    read_batch_file,
+    read_cifar10_dir,
+    synthetic_cifar,
+)
 
 
 def _write_batch(path, data, labels):
