@@ -108,3 +108,23 @@ def test_normalize_and_synthetic_source():
     assert x.dtype == torch.float32 and abs(float(x.mean())) < 0.2
     tr, te = load_cifar10("synthetic", None, torch.device("cpu"), n_train=10, n_test=5)
     assert len(tr) == 10 and len(te) == 5
+
+
+def test_download_goes_to_cache_under_a_lock(tmp_path, monkeypatch):
+    """No data_dir: torchvision's (MD5-checking) download runs once into the cache dir,
+    holding a file lock; the layout it leaves is then read like a user's copy."""
+    import torchvision.datasets
+
+    from l2bn import data
+
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            lock = tmp_path / "cache" / "cifar10.lock"
+            calls.append((root, train, download, lock.exists()))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setenv("L2BN_CACHE", str(tmp_path / "cache"))
+    assert data.download_cifar10() == tmp_path / "cache"
+    assert calls == [(str(tmp_path / "cache"), True, True, True)]

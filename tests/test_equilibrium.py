@@ -50,9 +50,9 @@ def test_theory_values_by_hand():
         pytest.approx(math.sqrt(0.004 / 1.9))
     # adamw: sqrt(2*lr*wd*(1-b1)/(1+b1)) = sqrt(0.004*0.1/1.9)
     assert theory.equilibrium_angular_update("adamw", 0.1, 0.01) == pytest.approx(math.sqrt(0.0004 / 1.9))
-    # adam: (2*wd*lr^2*d/g)^(1/3) = (2*0.02*0.01*8/2)^(1/3)
+    # adam: sqrt(0.1/1.9) * (2*wd*lr^2*d/g)^(1/3) = sqrt(0.1/1.9) * (2*0.02*0.01*8/2)^(1/3)
     assert theory.equilibrium_angular_update("adam", 0.1, 0.01, fan_in=8, grad_norm_unit=2.0) == \
-        pytest.approx(0.0016 ** (1 / 3))
+        pytest.approx(math.sqrt(0.1 / 1.9) * 0.0016 ** (1 / 3))
     assert math.isnan(theory.equilibrium_angular_update("adam", 0.1, 0.01))
     assert theory.effective_lr_proxy("adam", 0.1, 0.01) == pytest.approx((1e-4) ** (1 / 3))
     assert theory.relaxation_steps("momentum", 0.1, 0.01, momentum=0.9) == pytest.approx(50.0)
