@@ -9,16 +9,17 @@ from l2bn import theory
 from l2bn.metrics import UpdateTracker
 
 
-def _run_to_equilibrium(lr: float, l2: float, steps: int, measure: int) -> float:
+def _run_to_equilibrium(lr: float, l2: float, steps: int, measure: int, adam: bool = False) -> dict:
     """Linear layer -> batch norm (scale-invariant in w) -> fixed head; random labels give
-    mini-batch noise so the gradient never vanishes. Returns the mean angular update over
-    the last `measure` steps, measured by the trials' own UpdateTracker."""
+    mini-batch noise so the gradient never vanishes. Returns the means over the last
+    `measure` steps (angular update, unit gradient norm), from the trials' own UpdateTracker."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2048, 32, generator=gen)
     y = torch.randint(0, 4, (2048,), generator=gen)
     w = torch.nn.Parameter(torch.randn(16, 32, generator=gen))
     head = torch.randn(4, 16, generator=gen)
-    opt = torch.optim.SGD([w], lr=lr, weight_decay=theory.weight_decay(l2).item())
+    kind = torch.optim.Adam if adam else torch.optim.SGD  # both with coupled L2, as in l2bn.optim
+    opt = kind([w], lr=lr, weight_decay=theory.weight_decay(l2).item())
     tracker = UpdateTracker({"w": w})
     for step in range(steps):
         if step == steps - measure:
@@ -31,16 +32,26 @@ def _run_to_equilibrium(lr: float, l2: float, steps: int, measure: int) -> float
         tracker.snapshot()
         opt.step()
         tracker.update()
-    return tracker.means()["w"]["angular_update"]
+    return tracker.means()["w"]
 
 
-@pytest.mark.parametrize("lr, l2", [(0.1, 0.01), (0.05, 0.005)])
+@pytest.mark.parametrize("lr, l2", [(0.1, 0.01), (0.04, 0.025)])
 def test_sgd_angular_update_matches_sqrt_2_lr_wd(lr, l2):
     relax = theory.relaxation_steps("sgd", lr, l2)  # 1/(lr*wd) steps
-    measured = _run_to_equilibrium(lr, l2, steps=int(8 * relax) + 500, measure=500)
+    measured = _run_to_equilibrium(lr, l2, steps=int(6 * relax) + 500, measure=500)["angular_update"]
     predicted = theory.equilibrium_angular_update("sgd", lr, l2)
     assert predicted == pytest.approx(math.sqrt(2 * lr * 2 * l2))
     assert measured == pytest.approx(predicted, rel=0.15)
+
+
+@pytest.mark.parametrize("lr, l2", [(1e-2, 1e-2), (1e-2, 1e-1)])
+def test_adam_angular_update_matches_prediction(lr, l2):
+    """Adam + coupled L2: sqrt((1-b1)/(1+b1)) * (2*wd*lr^2*d/||g_hat||)^(1/3) (see theory.py)."""
+    measured = _run_to_equilibrium(lr, l2, steps=3000, measure=1000, adam=True)
+    g = measured["grad_norm_unit"]
+    assert theory.relaxation_steps("adam", lr, l2, fan_in=32, grad_norm_unit=g) < 1000
+    predicted = theory.equilibrium_angular_update("adam", lr, l2, fan_in=32, grad_norm_unit=g)
+    assert measured["angular_update"] == pytest.approx(predicted, rel=0.15)
 
 
 def test_theory_values_by_hand():
