@@ -20,11 +20,9 @@ def _batch():
     return torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
 
 
-@pytest.mark.parametrize("norm", NORMS + ["none"])
-@pytest.mark.parametrize("scope", ["all", "normalized"])
+@pytest.mark.parametrize("norm, scope", [(n, s) for n in NORMS for s in ("all", "normalized")]
+                         + [("none", "all")])
 def test_l2_only_on_conv_and_linear_weights(norm, scope):
-    if norm == "none" and scope == "normalized":
-        pytest.skip("invalid combination, rejected by TrialConfig")
     model = _model(norm)
     cfg = TrialConfig(norm=norm, l2=0.01, l2_scope=scope)
     decayed, rest = param_groups(model, cfg)
@@ -90,3 +88,24 @@ def test_projection_leaves_classifier_alone():
     after_step(model, cfg)
     assert torch.equal(model.fc.weight, before)
     assert not torch.allclose(before.norm(dim=1), torch.ones(10))
+
+
+def test_projection_with_normalized_scope_turns_l2_into_a_step_size():
+    """SGD + projection: (1 - lr*wd)*w - lr*g projects to the same direction as
+    w - lr/(1 - lr*wd)*g, so on the normalized weights L2 only rescales the step (exactly)."""
+    lr, l2 = 0.2, 0.5
+    wd = 2 * l2
+    x, y = _batch()
+    after = []
+    for step_lr, step_l2 in ((lr, l2), (lr / (1 - lr * wd), 0.0)):
+        model = _model("batch")
+        cfg = TrialConfig(norm="batch", update="projection", l2_scope="normalized",
+                          optimizer="sgd", lr=step_lr, l2=step_l2)
+        after_step(model, cfg)  # start on the sphere, as train() does
+        opt = build_optimizer(model, cfg)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        after_step(model, cfg)
+        after.append({k: w.detach().clone() for k, w in normalized_weights(model).items()})
+    for name in after[0]:
+        torch.testing.assert_close(after[0][name], after[1][name], rtol=1e-5, atol=1e-6)
