@@ -1,0 +1,148 @@
+"""Driver-side Tune callbacks: the `failed` summary rows, and live progress with an ETA."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+import pyarrow.parquet as pq
+import torch
+from ray.tune import Callback
+
+from l2bn.config import TrialConfig
+from l2bn.provenance import run_info
+
+from .results import HISTORY, ResultStore, Row
+
+_VERSIONS = ("l2bn_version", "torch_version", "torchvision_version", "python_version", "git_rev")
+
+
+def _trial_cfg(trial: Any) -> TrialConfig:
+    return TrialConfig.from_dict(trial.config["trial"])
+
+
+class FailedTrialWriter(Callback):
+    """Writes the summary row of a trial that errored after all its retries (status failed)."""
+
+    def __init__(self, store: ResultStore, overrides: dict[str, Any] | None = None):
+        self.store = store
+        self.overrides = dict(overrides or {})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cfg = TrialConfig.from_dict({**trial.config["trial"], **self.overrides})
+        row = self._last_row(cfg.trial_id)
+        if row is None:  # failed before its first epoch: config and the driver's versions
+            info_now = run_info(torch.device("cpu"))
+            row = {**cfg.to_row(), "trial_id": cfg.trial_id,
+                   **{k: info_now[k] for k in _VERSIONS}}
+        self.store.write_trial(row, "failed", wall_time_s=None, error=_error_text(trial))
+
+    def _last_row(self, trial_id: str) -> Row | None:
+        path = self.store.path(HISTORY, trial_id)
+        try:
+            rows = pq.read_table(path, filesystem=self.store.fs).to_pylist()
+        except (FileNotFoundError, OSError):
+            return None
+        return rows[-1] if rows else None
+
+
+def _error_text(trial: Any, limit: int = 2000) -> str:
+    """The last line of the trial's error trace (the exception), or a placeholder."""
+    text = ""
+    try:  # the driver's local copy is written at once; the storage copy is synced later
+        with open(trial.error_file) as f:
+            text = f.read()
+    except (AttributeError, TypeError, OSError):
+        try:
+            text = trial.get_error() or ""
+        except Exception:  # noqa: BLE001 - a missing error file must not break the driver
+            text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    picked = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
+    return (picked or lines or ["unknown error (no error file)"])[-1][:limit]
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress(Callback):
+    """Prints `done/running/pending/failed` and an ETA every `interval` s and at each finish.
+
+    The ETA is epochs left divided by the epoch rate seen so far in this run (finished trials,
+    diverged ones included, count as all their epochs done).
+    """
+
+    def __init__(self, interval: float = 30.0, out: TextIO = sys.stdout):
+        self.interval, self.out = interval, out
+        self._reset()
+
+    def _reset(self) -> None:
+        self.t0: float | None = None
+        self.epochs0 = 0
+        self.last_print = 0.0
+        self.last_finished: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl: keep the class, not the stream
+        return {"interval": self.interval}
+
+    def __setstate__(self, state: dict) -> None:
+        self.interval, self.out = state["interval"], sys.stdout
+        self._reset()
+
+    def setup(self, **info: Any) -> None:
+        self._reset()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result or {}
+        cfg = _trial_cfg(trial)
+        what = "diverged" if r.get("diverged") else "done"
+        err = r.get("test_error", float("nan"))
+        self._print(f"{what} {cfg.trial_id} {cfg.optimizer} lr={cfg.lr:g} l2={cfg.l2:g} "
+                    f"{cfg.norm}/{cfg.update}/{cfg.l2_scope} seed={cfg.seed}: "
+                    f"epoch {r.get('epoch', '?')}/{cfg.epochs} test_error={err:.4f}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._print(f"FAILED {_trial_cfg(trial).trial_id}: {_error_text(trial, 300)}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        counts = self._counts(trials)
+        if self.t0 is None:
+            self.t0, self.epochs0 = now, counts[-1]
+        finished = (counts[0], counts[3])  # a line per finished trial, else every `interval`
+        if finished != self.last_finished or now - self.last_print >= self.interval:
+            self.last_finished, self.last_print = finished, now
+            self._print(self.status_line(trials, now))
+
+    def status_line(self, trials: list, now: float) -> str:
+        done, running, pending, failed, total_epochs, epochs_done = self._counts(trials)
+        elapsed = now - (self.t0 or now)
+        rate = (epochs_done - self.epochs0) / elapsed if elapsed > 0 else 0.0
+        left = total_epochs - epochs_done
+        eta = _fmt_s(left / rate) if rate > 0 else ("0:00:00" if left == 0 else "--")
+        return (f"[{_fmt_s(elapsed)}] trials: {done} done, {running} running, {pending} pending, "
+                f"{failed} failed of {len(trials)} | epochs {epochs_done}/{total_epochs} | "
+                f"ETA {eta}")
+
+    @staticmethod
+    def _counts(trials: list) -> tuple[int, int, int, int, int, int]:
+        done = running = pending = failed = total = finished_epochs = 0
+        for t in trials:
+            epochs = int(t.config["trial"]["epochs"])
+            total += epochs
+            if t.status == "TERMINATED":
+                done += 1
+                finished_epochs += epochs
+            elif t.status == "ERROR":
+                failed += 1
+                finished_epochs += epochs
+            else:
+                running += t.status == "RUNNING"
+                pending += t.status != "RUNNING"
+                finished_epochs += int((t.last_result or {}).get("epoch") or 0)
+        return done, running, pending, failed, total, finished_epochs
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)

@@ -1,0 +1,159 @@
+"""Parquet results of a sweep: `<storage>/<name>/history/` and `<storage>/<name>/trials/`.
+
+One file per trial, named by the config's stable `trial_id`, so a retried or resumed trial
+overwrites its own file and never duplicates rows. Each file is written whole: to a hidden
+temporary name and renamed on local/NFS paths, as one object PUT on s3:// and gs:// (atomic
+per object), so a reader never sees a partial file. Readers (pyarrow.dataset, pandas) skip
+names starting with "." or "_", i.e. the temporary files. Every file has the same columns,
+in the same order and types (missing ones null), so the directory reads as one dataset.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from l2bn.config import TrialConfig
+
+Row = dict[str, Any]
+HISTORY, TRIALS, META_FILE = "history", "trials", "sweep.json"
+STATUSES = ("completed", "diverged", "failed")
+LAYERS = ("conv1", "conv2", "conv3", "fc")
+LAYER_METRICS = ("w_norm", "unit_norm", "rel_update", "angular_update", "grad_norm_unit",
+                 "eff_lr", "pred_angular_update")
+PROVENANCE = ("l2bn_version", "torch_version", "torchvision_version", "python_version",
+              "device_name", "hostname", "git_rev")
+
+_ARROW = {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
+
+
+def _arrow_type(annotation: object) -> pa.DataType:
+    """'int', 'int | None' or 'int | None' -> int64 (nullable in Parquet either way)."""
+    base = re.sub(r"Optional\[(\w+)\]|(\w+) \| None", r"\1\2", str(annotation))
+    return _ARROW[base]
+
+
+CONFIG_SCHEMA = [pa.field(f.name, _arrow_type(f.type)) for f in fields(TrialConfig)]
+_F, _I = pa.float64(), pa.int64()
+HISTORY_SCHEMA = pa.schema(
+    CONFIG_SCHEMA
+    + [pa.field("trial_id", pa.string()), pa.field("epoch", _I), pa.field("step", _I),
+       pa.field("train_loss", _F), pa.field("train_error", _F),
+       pa.field("steps_per_epoch", _I), pa.field("train_images", _I),
+       pa.field("test_loss", _F), pa.field("test_error", _F)]
+    + [pa.field(f"{layer}_{m}", _F) for layer in LAYERS for m in LAYER_METRICS]
+    + [pa.field("epoch_time_s", _F), pa.field("time_s", _F), pa.field("images_per_s", _F),
+       pa.field("diverged", pa.bool_())]
+    + [pa.field(k, pa.string()) for k in PROVENANCE]
+    + [pa.field("sweep", pa.string())])
+TRIALS_SCHEMA = pa.schema(
+    list(HISTORY_SCHEMA)
+    + [pa.field("status", pa.string()), pa.field("error", pa.string()),
+       pa.field("wall_time_s", _F), pa.field("epochs_done", _I),
+       pa.field("finished_at", pa.timestamp("ms", tz="UTC"))])
+
+
+class ResultStore:
+    """The Parquet side of one sweep, on a local path or a cloud URI (s3://, gs://)."""
+
+    def __init__(self, root: str, name: str):
+        self.root, self.name = root, name
+        self._fs: pafs.FileSystem | None = None
+        self._base = ""
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:  # created lazily: the store is pickled into Ray workers
+            self._fs, base = pafs.FileSystem.from_uri(self.root)
+            self._base = f"{base.rstrip('/')}/{self.name}"
+        return self._fs
+
+    @property
+    def base(self) -> str:
+        """The sweep's folder as a path on `fs`."""
+        self.fs  # noqa: B018 - resolves _base
+        return self._base
+
+    def path(self, kind: str, trial_id: str | None = None) -> str:
+        """Filesystem path of a dataset directory, or of one trial's file in it."""
+        folder = f"{self.base}/{kind}"
+        return folder if trial_id is None else f"{folder}/{trial_id}.parquet"
+
+    def uri(self, kind: str = "") -> str:
+        """What a user passes to pandas.read_parquet / pyarrow.dataset."""
+        return f"{self.root.rstrip('/')}/{self.name}" + (f"/{kind}" if kind else "")
+
+    def read_meta(self) -> dict[str, Any] | None:
+        """The sweep's sweep.json (grid, trial ids) if it was written."""
+        path = f"{self.base}/{META_FILE}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        self.fs.create_dir(self.base, recursive=True)
+        with self.fs.open_output_stream(f"{self.base}/{META_FILE}") as f:
+            f.write(json.dumps(meta, indent=1).encode())
+
+    def write_history(self, rows: list[Row]) -> None:
+        """Rewrite one trial's whole history file (one row per epoch, last write per epoch wins)."""
+        by_epoch = {int(r["epoch"]): r for r in rows}
+        ordered = [by_epoch[e] for e in sorted(by_epoch)]
+        self._write(HISTORY, ordered[0]["trial_id"], ordered, HISTORY_SCHEMA)
+
+    def write_trial(self, row: Row, status: str, wall_time_s: float | None,
+                    error: str | None = None) -> None:
+        """Write the one-row summary of a finished trial."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        done = row.get("epoch")
+        full = {**row, "status": status, "error": error, "wall_time_s": wall_time_s,
+                "epochs_done": None if done is None else int(done) - (status == "diverged"),
+                "finished_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)}
+        self._write(TRIALS, row["trial_id"], [full], TRIALS_SCHEMA)
+
+    def read_trial(self, trial_id: str) -> Row | None:
+        """The trial's summary row if it has one."""
+        path = self.path(TRIALS, trial_id)
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        return pq.read_table(path, filesystem=self.fs).to_pylist()[0]
+
+    def _write(self, kind: str, trial_id: str, rows: list[Row], schema: pa.Schema) -> None:
+        table = to_table(rows, schema, sweep=self.name)
+        fs, final = self.fs, self.path(kind, trial_id)
+        fs.create_dir(self.path(kind), recursive=True)
+        if isinstance(fs, pafs.LocalFileSystem):
+            tmp = f"{self.path(kind)}/.{trial_id}.{uuid.uuid4().hex[:8]}.tmp"
+            pq.write_table(table, tmp, filesystem=fs)
+            fs.move(tmp, final)  # rename(2): atomic on one filesystem
+        else:
+            pq.write_table(table, final, filesystem=fs)  # one object PUT: atomic per object
+
+
+def to_table(rows: Iterable[Row], schema: pa.Schema, sweep: str) -> pa.Table:
+    """Rows -> a table with exactly `schema`'s columns first (missing ones null), then any
+    columns the schema does not know (a newer l2bn), typed from their values."""
+    rows = [{**r, "sweep": sweep} for r in rows]
+    extra = sorted({k for r in rows for k in r} - set(schema.names))
+    columns = {f.name: pa.array([_clean(r.get(f.name)) for r in rows], type=f.type)
+               for f in schema}
+    for k in extra:
+        columns[k] = pa.array([_clean(r.get(k)) for r in rows])
+    return pa.table(columns)
+
+
+def _clean(value: Any) -> Any:
+    """numpy/torch scalars -> Python; NaN stays NaN (a real 'not applicable' metric)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value

@@ -1,0 +1,249 @@
+"""Run a grid of l2bn trials on Ray Tune; results land as Parquet under <storage>/<name>/.
+
+    python sweeps/run_grid.py --grid smoke --data-dir ~/data/cifar10     # local Ray instance
+    python sweeps/run_grid.py --grid paper --address auto --storage s3://bucket/sweeps \\
+        --gpus-per-trial 0.25 --cpus-per-trial 2                         # on a Ray cluster
+    python sweeps/run_grid.py --grid paper --dry-run                     # count + summary
+
+Running the same command again after the driver died resumes the sweep: finished trials are
+kept, interrupted ones continue from their last epoch's checkpoint, errored ones are retried.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
+from sweeps.grid import GridError, load_grid, parse_value, summary  # noqa: E402
+from sweeps.results import ResultStore  # noqa: E402
+
+DEFAULT_STORAGE = "~/l2bn-sweeps"
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE = 1, 130, 2
+
+
+@dataclass
+class SweepOptions:
+    """Everything run_sweep needs besides the trial configs."""
+
+    name: str
+    storage: str
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 2
+    reuse_actors: bool = True
+    checkpoint_every: int = 1               # epochs between checkpoints
+    keep_checkpoints: int = 2               # per trial
+    num_cpus: int | None = None          # embedded local instance only
+    overrides: dict[str, Any] = field(default_factory=dict)   # execution fields for every trial
+    progress_interval: float = 30.0
+    grid_source: str = ""
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep left behind, counted from its `trials` Parquet files."""
+
+    statuses: dict[str, str]                 # trial_id -> completed/diverged/failed/missing
+    fit_wall_s: float
+    results_uri: str
+
+    def count(self, status: str) -> int:
+        return sum(s == status for s in self.statuses.values())
+
+
+def storage_root(storage: str) -> str:
+    """Cloud URIs as given; local paths absolute (every Ray worker sees the same string)."""
+    if "://" in storage and not storage.startswith("file://"):
+        return storage.rstrip("/")
+    return str(Path(storage.removeprefix("file://")).expanduser().resolve())
+
+
+def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepOptions) -> None:
+    """Refuse to resume a sweep that was started with a different grid (Tune cannot do that)."""
+    ids = sorted(c.trial_id for c in configs)
+    old = store.read_meta()
+    if old is None:
+        store.write_meta({"name": opts.name, "n_trials": len(ids), "trial_ids": ids,
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          "grid": opts.grid_source})
+    elif old.get("trial_ids") != ids:
+        raise GridError(
+            f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
+            f"({old.get('n_trials')} trials; this one has {len(ids)}). Tune cannot change a "
+            "sweep's grid: pass a new --name (or delete the old sweep)")
+
+
+def _env_for_workers() -> dict[str, str]:
+    from l2bn.provenance import git_revision
+    return {"L2BN_GIT_REV": git_revision(), "RAY_CHDIR_TO_TRIAL_DIR": "0",
+            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
+
+
+def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
+    """Run (or resume) every config as one Tune trial; return the counted outcome."""
+    # Keep Tune's own files light (our Parquet files are the record) and paths absolute.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune forces an experiment-state snapshot every `keep_checkpoints` checkpoints of a trial
+    # and warns about it after 5 s; expected here, and --checkpoint-every is the knob.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune.logger import CSVLoggerCallback
+
+    from sweeps.callbacks import FailedTrialWriter, Progress
+    from sweeps.trainable import run_trial, trial_dirname, trial_name
+
+    # Trials without Tune's own logs (killed before their first epoch) are expected here.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    store = ResultStore(opts.storage, opts.name)
+    check_same_grid(store, configs, opts)
+    if not ray.is_initialized():
+        ray.init(address=opts.address, num_cpus=None if opts.address else opts.num_cpus,
+                 runtime_env={"env_vars": _env_for_workers()}, include_dashboard=False,
+                 logging_level="WARNING", log_to_driver=True)
+    threads = max(1, int(opts.cpus_per_trial))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, store=store, overrides=opts.overrides, threads=threads,
+                             checkpoint_every=opts.checkpoint_every),
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    path = f"{opts.storage}/{opts.name}"
+    callbacks = [FailedTrialWriter(store, opts.overrides), Progress(opts.progress_interval),
+                 CSVLoggerCallback()]  # one small progress.csv per trial, for Tune's ResultGrid
+    if Tuner.can_restore(path):
+        print(f"resuming sweep '{opts.name}' from {path}", flush=True)
+        tuner = Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        rows = [c.to_row() for c in configs]
+        tuner = Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(rows)},
+            tune_config=TuneConfig(reuse_actors=opts.reuse_actors, trial_name_creator=trial_name,
+                                   trial_dirname_creator=trial_dirname),
+            run_config=RunConfig(
+                name=opts.name, storage_path=opts.storage, verbose=0, callbacks=callbacks,
+                failure_config=FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=opts.keep_checkpoints)))
+    start = time.perf_counter()
+    tuner.fit()
+    fit_wall = time.perf_counter() - start
+    statuses = {}
+    for cfg in configs:
+        row = store.read_trial(cfg.trial_id)
+        statuses[cfg.trial_id] = row["status"] if row else "missing"
+    return SweepOutcome(statuses, fit_wall, store.uri())
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """--set key=value pairs, values read as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GridError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python sweeps/run_grid.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", required=True, help="a grid in sweeps/grids (smoke, cpu, paper) or a .yaml path")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="hold a TrialConfig field at VALUE for every trial (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial count and summary, start nothing")
+    p.add_argument("--name", help="sweep name (default: the grid's name)")
+    p.add_argument("--storage", default=os.environ.get("L2BN_STORAGE", DEFAULT_STORAGE),
+                   help="local path or s3:// / gs:// URI shared by all nodes "
+                        f"(default: $L2BN_STORAGE or {DEFAULT_STORAGE})")
+    p.add_argument("--data-dir", help="a local CIFAR-10 copy (holding cifar-10-batches-py) that "
+                                      "exists on every node; default: download once per node")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto' = the running one; also $RAY_ADDRESS); "
+                        "default: start a local Ray instance")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries per trial (from its last epoch)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+                   help="epochs between checkpoints (a retried trial resumes from the last one)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial")
+    p.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                   help="start a fresh worker process per trial")
+    p.add_argument("--progress-interval", type=float, default=30.0, help="seconds between status lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = parse_sets(args.sets)
+        if args.data_dir:
+            overrides["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
+        grid = load_grid(args.grid, overrides)
+        configs = grid.configs()
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        print(summary(configs, grid))
+        return 0
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    data_dir = overrides.get("data_dir")
+    if data_dir and not address and not _looks_like_cifar(data_dir):
+        print(f"error: --data-dir {data_dir}: no cifar-10-batches-py folder there", file=sys.stderr)
+        return EXIT_USAGE
+    opts = SweepOptions(
+        name=args.name or grid.name, storage=storage_root(args.storage), address=address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures, reuse_actors=args.reuse_actors, num_cpus=args.num_cpus,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        overrides={k: v for k, v in overrides.items() if k in EXECUTION_FIELDS},
+        progress_interval=args.progress_interval, grid_source=Path(grid.path).read_text())
+    print(f"sweep '{opts.name}': {len(configs)} trials -> {opts.storage}/{opts.name}", flush=True)
+    try:
+        outcome = run_sweep(configs, opts)
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return report_outcome(outcome)
+
+
+def report_outcome(outcome: SweepOutcome) -> int:
+    """Print the final tally; exit 0 only if every trial finished (completed or diverged)."""
+    n = len(outcome.statuses)
+    tally = ", ".join(f"{outcome.count(s)} {s}" for s in ("completed", "diverged", "failed", "missing"))
+    print(f"{n} trials: {tally} ({outcome.fit_wall_s:.0f} s)")
+    print(f"results: {outcome.results_uri}/trials and {outcome.results_uri}/history "
+          "(pandas.read_parquet or pyarrow.dataset)")
+    if outcome.count("missing"):
+        print("the sweep stopped before every trial finished: run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if outcome.count("failed"):
+        failed = [t for t, s in outcome.statuses.items() if s == "failed"]
+        print(f"failed trials (see the 'error' column): {failed[:10]}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _looks_like_cifar(path: str) -> bool:
+    p = Path(path)
+    return (p / "cifar-10-batches-py").is_dir() or (p.name == "cifar-10-batches-py" and p.is_dir())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Grid files -> exact trial lists: shipped grids' counts and exclusions, ranges, bad files."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from l2bn.config import TrialConfig
+from sweeps.grid import GRID_DIR, GridError, load_grid, log_range, parse_value, summary
+from sweeps.run_grid import main
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_COUNT = 4 * 7 * 7 * (5 * 2 - 1) * 3  # optimizers x lr x l2 x (norm, update) x seeds
+
+
+def configs(name: str, **overrides) -> list[TrialConfig]:
+    return load_grid(name, overrides).configs()
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+# --- ranges and values -------------------------------------------------------------------
+
+def test_log_range_is_half_decades_with_both_ends():
+    got = log_range(1e-3, 1, 2, "here")
+    want = [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5, 1e-1, 10 ** -0.5, 1.0]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got[0] == 0.001 and got[2] == 0.01 and got[-1] == 1.0  # decades are exact
+    assert log_range(1e-6, 1e-1, 1, "here") == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert log_range(0.1, 0.1, 3, "here") == [0.1]
+
+
+@pytest.mark.parametrize("start, stop, per_decade", [(0, 1, 2), (1, 0.1, 2), (1e-3, 0.5, 2),
+                                                      (1e-3, 1, 0), (1e-3, 1, 1.5)])
+def test_log_range_rejects_bad_ranges(start, stop, per_decade):
+    with pytest.raises(GridError, match="here"):
+        log_range(start, stop, per_decade, "here")
+
+
+def test_yaml_exponents_are_floats():
+    assert parse_value("1e-3") == 0.001 and parse_value("null") is None
+    assert parse_value("true") is True and parse_value("sgd") == "sgd" and parse_value("3") == 3
+
+
+# --- shipped grids -----------------------------------------------------------------------
+
+def test_shipped_grids_are_smoke_cpu_paper():
+    assert {p.stem for p in GRID_DIR.glob("*.yaml")} >= {"smoke", "cpu", "paper"}
+
+
+def test_paper_grid_count_and_composition():
+    trials = configs("paper")
+    print(f"paper grid: {len(trials)} trials")
+    assert len(trials) == PAPER_COUNT == 5292
+    rows = [t.to_row() for t in trials]
+    assert {r["optimizer"] for r in rows} == {"sgd", "momentum", "adam", "adamw"}
+    sgd_lrs = sorted({r["lr"] for r in rows if r["optimizer"] in ("sgd", "momentum")})
+    adam_lrs = sorted({r["lr"] for r in rows if r["optimizer"] in ("adam", "adamw")})
+    for lrs in (sgd_lrs, adam_lrs):  # 3 decades in half-decade steps
+        assert len(lrs) == 7 and lrs[-1] / lrs[0] == pytest.approx(1e3)
+    assert sgd_lrs[0] / adam_lrs[0] == pytest.approx(100)  # the families get different ranges
+    assert sorted({r["l2"] for r in rows}) == [0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert {r["norm"] for r in rows} == {"none", "batch", "weight", "layer", "instance"}
+    assert {r["seed"] for r in rows} == {0, 1, 2}
+    assert not any(r["norm"] == "none" and r["update"] == "projection" for r in rows)
+    assert all(r["n_train"] is None and r["n_test"] is None and r["data"] == "cifar10"
+               for r in rows)
+    assert all(r["epochs"] >= 100 for r in rows)
+    assert len({t.trial_id for t in trials}) == len(trials)
+    # every cell of the full product is there exactly once, minus the exclusion
+    cells = Counter((r["optimizer"], r["norm"], r["update"]) for r in rows)
+    assert set(cells.values()) == {7 * 7 * 3}
+    assert len(cells) == 4 * 9
+
+
+def test_smoke_grid_is_small_real_data_one_epoch():
+    trials = configs("smoke")
+    assert 4 <= len(trials) <= 8
+    assert all(t.data == "cifar10" and t.epochs == 1 and t.n_train <= 2048 for t in trials)
+    assert {t.update for t in trials} == {"l2", "projection"}
+    assert {t.optimizer for t in trials} == {"sgd", "adam"}
+
+
+def test_cpu_grid_covers_the_study_in_small():
+    trials = configs("cpu")
+    rows = [t.to_row() for t in trials]
+    for opt in ("sgd", "adam"):
+        for update in ("l2", "projection"):
+            cell = [r for r in rows if r["optimizer"] == opt and r["norm"] == "batch"
+                    and r["update"] == update and r["l2_scope"] == "all"]
+            lrs, l2s = {r["lr"] for r in cell}, {r["l2"] for r in cell}
+            assert len(lrs) >= 4 and len(l2s) >= 4 and 0 in l2s
+            assert len(cell) == len(lrs) * len(l2s)  # the full (lr, l2) product
+    assert any(r["norm"] == "none" for r in rows)
+    assert any(r["l2_scope"] == "normalized" for r in rows)
+    assert not any(r["norm"] == "none" and (r["update"] == "projection"
+                                            or r["l2_scope"] == "normalized") for r in rows)
+    assert all(r["data"] == "cifar10" for r in rows)
+    assert len(trials) == 128
+
+
+def test_by_axis_picks_values_per_optimizer(tmp_path):
+    path = write(tmp_path, """
+axes:
+  optimizer: [sgd, adam]
+  lr: {by: optimizer, sgd: [0.1, 1], adam: {start: 1e-4, stop: 1e-3, per_decade: 1}}
+  seed: [0, 1]
+""")
+    rows = [(t.optimizer, t.lr, t.seed) for t in load_grid(path).configs()]
+    assert rows == [(o, lr, s) for o, lrs in (("sgd", [0.1, 1.0]), ("adam", [1e-4, 1e-3]))
+                    for lr in lrs for s in (0, 1)]
+
+
+def test_exclusions_and_lists_in_exclusions(tmp_path):
+    path = write(tmp_path, """
+axes:
+  norm: [none, batch, layer]
+  update: [l2, projection]
+  l2_scope: [all, normalized]
+exclude:
+  - {norm: none, update: projection}
+  - {norm: none, l2_scope: normalized}
+  - {norm: [batch, layer], update: projection, l2_scope: normalized}
+""")
+    got = {(t.norm, t.update, t.l2_scope) for t in load_grid(path).configs()}
+    want = {c for c in itertools.product(["none", "batch", "layer"], ["l2", "projection"],
+                                         ["all", "normalized"])
+            if not (c[0] == "none" and (c[1] == "projection" or c[2] == "normalized"))
+            and not (c[1] == "projection" and c[2] == "normalized")}
+    assert got == want and len(got) == 1 + 2 * 3
+
+
+def test_set_overrides_a_fixed_field_or_collapses_an_axis():
+    trials = configs("smoke", epochs=3, device="cpu")
+    assert {t.epochs for t in trials} == {3} and {t.device for t in trials} == {"cpu"}
+    assert len(configs("smoke", optimizer="sgd")) == len(configs("smoke")) // 2
+    with pytest.raises(GridError, match="unknown TrialConfig field 'epoch'"):
+        configs("smoke", epoch=3)
+    with pytest.raises(GridError, match="'epochs'"):
+        configs("smoke", epochs=0)
+
+
+def test_summary_counts_per_value():
+    text = summary(configs("smoke"))
+    assert text.startswith("8 trials")
+    assert "optimizer  adam: 4  sgd: 4" in text
+
+
+# --- bad grid files: each names the file, the axis and the value --------------------------
+
+BAD = {
+    "unknown axis": ("axes: {optimiser: [sgd]}", ["axis 'optimiser'", "unknown axis"]),
+    "invalid value": ("axes: {norm: [batch, batchnorm]}", ["axis 'norm'", "'batchnorm'"]),
+    "negative l2": ("axes: {l2: [0, -1e-3]}", ["axis 'l2'", "-0.001"]),
+    "wrong type": ("axes: {width: [8, wide]}", ["axis 'width'", "'wide'"]),
+    "empty axis": ("axes: {lr: []}", ["axis 'lr'", "empty"]),
+    "empty by axis": ("axes: {optimizer: [sgd], lr: {by: optimizer}}", ["axis 'lr'", "empty"]),
+    "bad range": ("axes: {lr: {start: 1e-3, stop: 0.5, per_decade: 2}}", ["axis 'lr'", "0.5"]),
+    "range keys": ("axes: {lr: {start: 1e-3, end: 1}}", ["axis 'lr'", "'end'"]),
+    "missing by key": ("axes: {optimizer: [sgd, adam], lr: {by: optimizer, sgd: [0.1]}}",
+                       ["axis 'lr'", "optimizer='adam'"]),
+    "by a later axis": ("axes: {lr: {by: optimizer, sgd: [0.1]}, optimizer: [sgd]}",
+                        ["axis 'lr'", "listed before"]),
+    "bad by key": ("axes: {optimizer: [sgd], lr: {by: optimizer, sgd: [0.1], sdg: [1]}}",
+                   ["axis 'lr'", "'sdg'"]),
+    "repeated value": ("axes: {seed: [0, 1, 0]}", ["axis 'seed'", "repeated", "0"]),
+    "unknown fixed": ("fixed: {epoch: 3}", ["fixed field 'epoch'"]),
+    "invalid fixed": ("fixed: {batch_size: 0}", ["fixed field 'batch_size'", "0"]),
+    "fixed and axis": ("fixed: {seed: 0}\naxes: {seed: [0, 1]}", ["axis 'seed'", "both"]),
+    "unknown top key": ("axis: {seed: [0]}", ["unknown top-level key", "'axis'"]),
+    "not excluded": ("axes: {norm: [none, batch], update: [l2, projection]}",
+                     ["norm: none", "update: projection", "exclude"]),
+    "bad exclusion": ("axes: {seed: [0]}\nexclude: [{nrom: none}]", ["exclude entry 1", "'nrom'"]),
+    "all excluded": ("axes: {seed: [0]}\nexclude: [{seed: 0}]", ["empty"]),
+    "not yaml": ("axes: {seed: [0, 1}", ["not valid YAML"]),
+    "not a mapping": ("- seed", ["expected a mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_grid_file_fails_naming_file_axis_value(tmp_path, case):
+    text, needles = BAD[case]
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(GridError) as info:
+        load_grid(path).configs()
+    message = str(info.value)
+    assert path in message
+    for needle in needles:
+        assert needle in message, (case, message)
+
+
+def test_cli_reports_a_bad_grid_before_starting_anything(tmp_path, capsys):
+    path = write(tmp_path, "axes: {norm: [batch, batchnorm]}\n")
+    assert main(["--grid", path, "--storage", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert path in err and "'batchnorm'" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["--grid", "nosuchgrid", "--dry-run"]) == 2
+    assert "shipped grids" in capsys.readouterr().err
+
+
+def test_dry_run_prints_count_and_summary_without_importing_ray():
+    code = ("import sys; from sweeps.run_grid import main; rc = main(['--grid', 'paper', "
+            "'--dry-run', '--set', 'epochs=2']); assert 'ray' not in sys.modules, 'ray imported'; "
+            "sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{PAPER_COUNT} trials in grid 'paper'")
+    assert "epochs=2" in out.stdout and "optimizer  adam: 1323" in out.stdout
