@@ -1,0 +1,327 @@
+"""One function per figure of the report; each takes DataFrames and returns a Figure (or None).
+
+Axes are log10 lr and log10 l2; l2 = 0 has its own strip/tick left of (below) the smallest
+positive l2. Diverged points are drawn, never dropped: an 'x' where any seed diverged,
+hatched cells where all did (they count as chance error, 0.9).
+"""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from l2bn import theory  # noqa: E402
+
+from .load import CHANCE_ERROR, LAYERS  # noqa: E402
+
+PANEL = (3.2, 2.7)  # inches per panel
+MAX_COLS = 4
+ANNOTATE_MAX = 64  # write error values into heatmap cells up to this many cells
+sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
+
+
+@dataclass(frozen=True)
+class L2Axis:
+    """Where l2 values sit on a log10 axis; l2 = 0 gets a slot one grid step below."""
+
+    zero: float
+    step: float
+
+    @classmethod
+    def from_values(cls, l2: np.ndarray) -> L2Axis:
+        logs = np.unique(np.log10(l2[l2 > 0])) if (l2 > 0).any() else np.array([0.0])
+        step = float(np.median(np.diff(logs))) if len(logs) > 1 else 1.0
+        return cls(zero=float(logs[0] - step), step=step)
+
+    def pos(self, l2) -> np.ndarray:
+        l2 = np.asarray(l2, dtype=float)
+        with np.errstate(divide="ignore"):
+            return np.where(l2 > 0, np.log10(np.where(l2 > 0, l2, 1.0)), self.zero)
+
+    def ticks(self, ax, axis: str, l2: np.ndarray) -> None:
+        """Integer-decade ticks, plus '0' at the zero slot when l2 = 0 is present."""
+        pos = self.pos(np.unique(l2))
+        lo, hi = np.floor(pos.min()), np.ceil(pos.max())
+        ticks = [t for t in np.arange(lo, hi + 1) if pos.min() - 0.01 <= t <= pos.max() + 0.01
+                 and (not (l2 == 0).any() or t > self.zero + self.step / 2)]
+        labels = [f"1e{int(t)}" for t in ticks]
+        if (l2 == 0).any():
+            ticks, labels = [self.zero] + ticks, ["0"] + labels
+        (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, labels)
+
+
+def _grid(n: int, cols: int = MAX_COLS) -> tuple[Figure, np.ndarray]:
+    ncols = min(n, cols)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows),
+                             squeeze=False, constrained_layout=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges halfway between sorted centers, the ends mirrored."""
+    if len(centers) == 1:
+        return np.array([centers[0] - 0.5, centers[0] + 0.5])
+    mid = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate([[2 * centers[0] - mid[0]], mid, [2 * centers[-1] - mid[-1]]])
+
+
+def _verdicts(table: pd.DataFrame) -> dict[str, dict]:
+    return {r["cell"]: r for r in table.to_dict("records")} if len(table) else {}
+
+
+def draw_heatmap(ax, p: pd.DataFrame, l2axis: L2Axis, vmin: float, vmax: float,
+                 fit: dict | None):
+    """Mean test error over (log lr, log l2) with diverged, excluded and missing points marked,
+    the theory's iso-lines (dashed) and the fitted direction (solid red)."""
+    lrs, l2s = np.sort(p["lr"].unique()), np.sort(p["l2"].unique())
+    xs, ys = np.log10(lrs), l2axis.pos(l2s)
+    shown = p.assign(error_mean=p["error_mean"].where(~p["all_diverged"]))
+    table = shown.pivot_table(index="l2", columns="lr", values="error_mean", dropna=False)
+    table = table.reindex(index=l2s, columns=lrs)
+    mesh = ax.pcolormesh(_edges(xs), _edges(ys), table.to_numpy(), cmap="viridis",
+                         vmin=vmin, vmax=vmax, shading="flat")
+    ax.set_facecolor("0.85")  # missing points show the background
+    xe, ye = _edges(xs), _edges(ys)
+    ix, iy = np.searchsorted(lrs, p["lr"]), np.searchsorted(l2s, p["l2"])
+    for r, i, j in zip(p.itertuples(), ix, iy, strict=True):
+        if r.all_diverged:
+            ax.add_patch(Rectangle((xe[i], ye[j]), xe[i + 1] - xe[i], ye[j + 1] - ye[j],
+                                   facecolor="0.3", hatch="xx", edgecolor="0.6", lw=0))
+        if r.n_diverged:
+            ax.plot(xs[i], ys[j], "x", color="red", ms=7, mew=1.5)
+        elif r.l2 > 0 and r.update == "l2" and not r.equilibrated:
+            ax.plot(xs[i], ys[j], ".", color="white", ms=4)
+        if len(p) <= ANNOTATE_MAX and not r.n_diverged:
+            ax.text(xs[i], ys[j] + 0.28 * (ye[j + 1] - ye[j]), f"{100 * r.error_mean:.0f}",
+                    ha="center", va="center", fontsize=5.5, color="white")
+    opt, update = p["optimizer"].iloc[0], p["update"].iloc[0]
+    _iso_lines(ax, xs, ys[l2s > 0], 0.0 if update == "projection" else theory.iso_slope(opt))
+    if (l2s == 0).any():
+        ax.axhline(ye[1], color="white", lw=2)
+    if fit and np.isfinite(fit.get("s", np.nan)):
+        best = p[(p["l2"] > 0) & p["equilibrated"]].nsmallest(1, "error_mean")
+        if len(best):
+            x0, y0 = np.log10(best["lr"].iloc[0]), np.log10(best["l2"].iloc[0])
+            _line(ax, x0, y0, fit["s"], color="red", ls="-", lw=1.3)
+    ax.set_xlim(xe[0], xe[-1])
+    ax.set_ylim(ye[0], ye[-1])
+    ax.set_xticks(xs[:: max(1, len(xs) // 6)], [f"{v:.2g}" for v in lrs[:: max(1, len(xs) // 6)]])
+    l2axis.ticks(ax, "y", l2s)
+    ax.grid(False)
+    return mesh
+
+
+def _diverged_at_top(ax, x: pd.Series, p: pd.DataFrame) -> None:
+    """Red x at the top edge of the axes for every point where a seed diverged (their error
+    is chance: drawing them at 0.9 would squash the curve of the others)."""
+    d = p["n_diverged"] > 0
+    if d.any():
+        ax.plot(x[d], np.full(d.sum(), 0.97), "x", color="red", ms=7, mew=1.5, clip_on=False,
+                transform=ax.get_xaxis_transform())
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width."""
+    fig.suptitle(textwrap.fill(text, int(fig.get_figwidth() * 14)), fontsize=9)
+
+
+def _line(ax, x0: float, y0: float, s: float, **style) -> None:
+    """The line x + s*y = x0 + s*y0 (vertical when s = 0)."""
+    if abs(s) < 1e-9:
+        ax.axvline(x0, **style)
+    else:
+        ax.axline((x0, y0), slope=-1.0 / s, **style)
+
+
+def _iso_lines(ax, xs: np.ndarray, ys: np.ndarray, s: float, n: int = 5) -> None:
+    """n theory iso-lines x + s*y = c spread over the panel's positive-l2 region."""
+    if not len(ys):
+        return
+    corners = [x + s * y for x in (xs.min(), xs.max()) for y in (ys.min(), ys.max())]
+    for c in np.linspace(min(corners), max(corners), n + 2)[1:-1]:
+        _line(ax, c - s * ys.mean(), ys.mean(), s, color="white", ls="--", lw=0.8, alpha=0.8)
+
+
+def heatmaps(points: pd.DataFrame, collapse: pd.DataFrame, projection: pd.DataFrame,
+             title: str) -> Figure | None:
+    """Figures 1 and 6: one heatmap per (optimizer, norm, update) cell of `points`."""
+    if points.empty:
+        return None
+    cells = sorted(points["cell"].unique())
+    fig, axes = _grid(len(cells))
+    l2axis = L2Axis.from_values(points["l2"].to_numpy())
+    verdicts = _verdicts(collapse) | _verdicts(projection)
+    for ax, cell in zip(axes.flat, cells, strict=False):
+        fit, p = verdicts.get(cell), points[points["cell"] == cell]
+        # one colour scale per panel (the iso-lines are about the shape within a panel),
+        # spanning the points that did not all diverge
+        finite = p.loc[~p["all_diverged"], "error_mean"]
+        lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, CHANCE_ERROR)
+        mesh = draw_heatmap(ax, p, l2axis, lo, max(hi, lo + 1e-3), fit)
+        fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.06)
+        label = cell + (f"  [{fit['verdict']}]" if fit else "")
+        if fit and np.isfinite(fit.get("s", np.nan)):
+            label += f"\nfit s={fit['s']:.2f} [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}]," \
+                     f" theory {fit['s_theory']:g}"
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("lr")
+        ax.set_ylabel("l2")
+    _suptitle(fig, title + ": mean test error over seeds (numbers in %). Dashed: theory "
+              "iso-lines; red line: fitted direction; red x: diverged (any seed); dark hatched: "
+              "all seeds diverged; dot: not equilibrated; light grey: no trial")
+    return fig
+
+
+def collapse_plot(points: pd.DataFrame) -> Figure | None:
+    """Figure 2: test error against the predicted effective LR, coloured by l2."""
+    p = points[(points["update"] == "l2") & (points["l2"] > 0)]
+    if p.empty:
+        return None
+    panels = sorted(p["cell"].unique())
+    fig, axes = _grid(len(panels))
+    norm = matplotlib.colors.Normalize(np.log10(p["l2"].min()), np.log10(p["l2"].max()) + 1e-12)
+    for ax, cell in zip(axes.flat, panels, strict=False):
+        c = p[p["cell"] == cell]
+        for eq, face in ((True, None), (False, "none")):
+            d = c[(c["equilibrated"] == eq) & ~c["all_diverged"]]
+            colors = plt.cm.viridis(norm(np.log10(d["l2"])))
+            ax.scatter(d["eff_lr_proxy"], d["error_mean"], c=colors if face is None else "none",
+                       edgecolors=colors, s=22, lw=1,
+                       label="equilibrated" if eq else "not equilibrated")
+        _diverged_at_top(ax, c["eff_lr_proxy"], c)
+        opt = c["optimizer"].iloc[0]
+        ax.set_xscale("log")
+        ax.set_xlabel("lr*l2" if opt != "adam" else "(lr^2*l2)^(1/3)")
+        ax.set_ylabel("test error")
+        ax.set_title(cell + ("  (control: no collapse expected)" if c["norm"].iloc[0] == "none"
+                             else ""), fontsize=8)
+    handles = [Line2D([], [], marker="o", ls="", color="0.3", label="equilibrated"),
+               Line2D([], [], marker="o", ls="", mfc="none", color="0.3",
+                      label="not equilibrated"),
+               Line2D([], [], marker="x", ls="", color="red", label="diverged (any seed), "
+                      "at the top edge")]
+    axes.flat[0].legend(handles=handles, fontsize=6)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="log10 l2",
+                 shrink=0.8)
+    _suptitle(fig, "Collapse: mean test error against the theory's effective-LR proxy, "
+              "coloured by l2: with a normalization the points should lie on one curve")
+    return fig
+
+
+def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | None:
+    """Figure 3: test error against l2 at each lr, update=l2 beside update=projection."""
+    groups = sorted(points[points["norm"] != "none"].groupby(["optimizer", "norm", "setting"])
+                    .groups)
+    if not groups or "projection" not in set(points["update"]):
+        return None
+    fig, axes = plt.subplots(len(groups), 2, figsize=(2 * PANEL[0], PANEL[1] * len(groups)),
+                             squeeze=False, constrained_layout=True, sharey="row")
+    l2axis = L2Axis.from_values(points["l2"].to_numpy())
+    lr_norm = matplotlib.colors.LogNorm(points["lr"].min(), points["lr"].max() * 1.0001)
+    large = {r["cell"]: r["large_l2"] for r in projection.to_dict("records")} if len(projection) else {}
+    for row, (opt, norm, setting) in zip(axes, groups, strict=True):
+        for ax, update in zip(row, ("l2", "projection"), strict=True):
+            c = points[(points["optimizer"] == opt) & (points["norm"] == norm)
+                       & (points["setting"] == setting) & (points["update"] == update)]
+            cell = f"{opt}/{norm}/{update}{setting}"
+            ax.set_title(cell, fontsize=8)
+            if c.empty:
+                ax.text(0.5, 0.5, "no trials", transform=ax.transAxes, ha="center")
+                continue
+            for lr, d in c.groupby("lr"):
+                color = plt.cm.plasma(lr_norm(lr))
+                ok = d[d["fit_mean"].notna()]
+                ax.errorbar(l2axis.pos(ok["l2"]), ok["fit_mean"], yerr=ok["error_sd"].fillna(0),
+                            color=color, marker="o", ms=3, lw=1, label=f"lr={lr:.2g}")
+            _diverged_at_top(ax, pd.Series(l2axis.pos(c["l2"]), c.index), c)
+            if large.get(cell, np.inf) < c["l2"].max():
+                ax.axvspan(np.log10(large[cell]), l2axis.pos(c["l2"].max()) + l2axis.step / 2,
+                           color="0.8", alpha=0.5, label="large-l2 regime")
+            l2axis.ticks(ax, "x", c["l2"].to_numpy())
+            ax.set_xlabel("l2")
+            ax.set_ylabel("test error")
+        row[0].legend(fontsize=5, ncols=2)
+    _suptitle(fig, "Test error against l2 at each lr (mean and sd over the seeds that did "
+              "not diverge): the projection update should be flat in l2 until the large-l2 "
+              "regime (shaded); red x at the top: a seed diverged")
+    return fig
+
+
+def best_over_lr(points: pd.DataFrame) -> Figure | None:
+    """Figure 5: best (over lr) mean test error against l2, per norm x update."""
+    if points.empty:
+        return None
+    best = points.loc[points.groupby(["optimizer", "setting", "norm", "update", "l2"])
+                      ["error_mean"].idxmin()]
+    panels = sorted(best.groupby(["optimizer", "setting"]).groups)
+    fig, axes = _grid(len(panels))
+    l2axis = L2Axis.from_values(points["l2"].to_numpy())
+    palette = dict(zip(sorted(points["norm"].unique()), sns.color_palette("tab10"), strict=False))
+    for ax, (opt, setting) in zip(axes.flat, panels, strict=False):
+        b = best[(best["optimizer"] == opt) & (best["setting"] == setting)]
+        for (norm, update), d in b.groupby(["norm", "update"]):
+            d = d.sort_values("l2")
+            ax.plot(l2axis.pos(d["l2"]), d["error_mean"], marker="o", ms=3,
+                    color=palette[norm], ls="-" if update == "l2" else "--",
+                    label=f"{norm}/{update}")
+            dv = d[d["all_diverged"]]
+            ax.plot(l2axis.pos(dv["l2"]), dv["error_mean"], "x", color="red", ms=8)
+        l2axis.ticks(ax, "x", b["l2"].to_numpy())
+        ax.set_title(f"{opt}{setting}", fontsize=8)
+        ax.set_xlabel("l2")
+        ax.set_ylabel("best test error over lr")
+        ax.legend(fontsize=6)
+    _suptitle(fig, "Does L2 help once lr is tuned? Best mean test error over lr against l2 "
+              "(solid: update=l2, dashed: projection; red x: every lr diverged)")
+    return fig
+
+
+def dynamics(history: pd.DataFrame, cells: list[dict]) -> Figure | None:
+    """Figure 4: per-layer weight norm, measured effective LR and angular update over epochs,
+    with the predicted equilibrium angular update dashed, for the chosen (cell, lr, l2)."""
+    if history.empty or not cells:
+        return None
+    rows = [("unit_norm", "mean unit norm ||w_u||"), ("eff_lr", "measured effective LR"),
+            ("angular_update", "angular update / step (rad)")]
+    fig, axes = plt.subplots(3, len(cells), figsize=(PANEL[0] * len(cells), PANEL[1] * 3),
+                             squeeze=False, constrained_layout=True)
+    colors = dict(zip(LAYERS, sns.color_palette("tab10"), strict=False))
+    for col, cell in enumerate(cells):
+        h = history[history["trial_id"].isin(cell["trial_ids"])]
+        mean = h.groupby("epoch").mean(numeric_only=True)
+        for ax, (key, label) in zip(axes[:, col], rows, strict=True):
+            for layer in LAYERS:
+                if f"{layer}_{key}" in mean:
+                    ax.plot(mean.index, mean[f"{layer}_{key}"], color=colors[layer], label=layer)
+                pred = f"{layer}_pred_angular_update"
+                if key == "angular_update" and pred in mean and mean[pred].notna().any():
+                    ax.plot(mean.index, mean[pred], color=colors[layer], ls="--", lw=1)
+            values = mean[[c for c in mean if c.endswith(key)]].to_numpy().ravel()
+            values = values[np.isfinite(values)]
+            if len(values) and values.min() > 0 and values.max() > 10 * values.min():
+                ax.set_yscale("log")
+            else:
+                ax.ticklabel_format(axis="y", useOffset=False, style="sci", scilimits=(-3, 4))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(label)
+            ax.set_xlabel("epoch")
+        axes[0, col].set_title(f"{cell['cell']}\nlr={cell['lr']:.3g}, l2={cell['l2']:.3g} "
+                               f"({len(cell['trial_ids'])} seeds)", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
+    _suptitle(fig, "Dynamics per layer (mean over seeds); dashed: the theory's equilibrium "
+              "angular update")
+    return fig

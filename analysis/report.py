@@ -1,0 +1,266 @@
+"""python -m analysis.report --results <storage>/<name>: the paper's plots and collapse checks.
+
+Reads the sweep's Parquet results (local path or s3:// / gs:// URI; a sweep still running or
+partly failed is fine: skipped trials are listed with their reason) and writes into --out:
+report.html (self-contained), report.md, every figure as PNG and SVG, collapse.csv and
+collapse.json. Prints a verdict table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .collapse import (
+    Checks,
+    CheckSettings,
+    missing_points,
+    rules,
+    run_checks,
+    to_csv_frame,
+    to_json,
+    verdict_table,
+)
+from .document import Block, Bullets, FigureRef, Heading, Table, Text, to_html, to_markdown
+from .load import Results, ResultsError, load_results
+
+FIGURES = {
+    "fig1_heatmaps": "Test error over (lr, l2) per optimizer/norm/update, with the theory's "
+                     "iso-lines (lr*l2 = const for sgd/momentum/adamw, lr^2*l2 = const for adam; "
+                     "constant lr for projection) and the fitted direction.",
+    "fig2_collapse": "Test error against the theory's effective-LR proxy, coloured by l2: "
+                     "with a normalization the points should fall on one curve.",
+    "fig3_l2_sensitivity": "Test error against l2 at each lr, update=l2 beside "
+                           "update=projection: projection should be flat in l2 until l2 is large.",
+    "fig4_dynamics": "Per-layer dynamics over training for chosen cells: weight norm, measured "
+                     "effective LR and angular update, predicted equilibrium dashed.",
+    "fig5_best_over_lr": "Best test error over lr against l2, per norm x update: does L2 help "
+                         "at all once lr is tuned?",
+    "fig6_control_heatmaps": "Control without normalization (norm=none): the same heatmaps, "
+                             "where the collapse should not hold.",
+}
+COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_excluded", "n_lr", "n_l2", "bootstrap", "s",
+                    "ci_low", "ci_high", "s_theory", "r2_1d", "r2_lr", "r2_l2", "r2adj_1d",
+                    "r2adj_lr", "r2adj_l2", "gain", "verdict"]
+PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "spread_l2", "spread_lr",
+                      "noise_sd", "ratio", "ratio_update_l2", "verdict"]
+EQUILIBRIUM_COLUMNS = ["cell", "n_points", "ratio_median", "ratio_q25", "ratio_q75", "verdict"]
+
+
+def parse_cell(text: str) -> dict:
+    """'optimizer=sgd,norm=batch,lr=0.1,l2=5e-4' -> dict (lr, l2 as floats)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("optimizer", "norm", "update", "lr", "l2"):
+            raise argparse.ArgumentTypeError(
+                f"bad --dynamics part {part!r}: expected key=value with key in "
+                "optimizer, norm, update, lr, l2")
+        out[key] = float(value) if key in ("lr", "l2") else value
+    return out
+
+
+def choose_dynamics(points: pd.DataFrame, requested: list[dict],
+                    max_cells: int) -> tuple[list[dict], list[str]]:
+    """The (cell, lr, l2) points for figure 4: the requested ones, else per optimizer the best
+    equilibrated, non-diverged, normalized update=l2 point (warnings for unmatched requests)."""
+    warnings, chosen = [], []
+    for req in requested:
+        mask = pd.Series(True, points.index)
+        for key, value in req.items():
+            mask &= np.isclose(points[key], value, rtol=1e-6) if key in ("lr", "l2") \
+                else points[key].eq(value)
+        match = points[mask].sort_values("cell")
+        if match.empty:
+            warnings.append(f"--dynamics {req}: no such point; not plotted")
+        chosen += match.head(1).to_dict("records")
+    if not requested:
+        ok = points[(points["n_diverged"] == 0) & (points["norm"] != "none")
+                    & (points["update"] == "l2") & (points["l2"] > 0)]
+        ok = ok[ok["equilibrated"]] if ok["equilibrated"].any() else ok
+        ok = ok.sort_values(["error_mean", "cell", "lr", "l2"])
+        chosen = ok.groupby("optimizer", sort=True).head(1).to_dict("records")
+    return chosen[:max_cells], warnings
+
+
+def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict]) -> dict:
+    """name -> Figure or None, in FIGURES order."""
+    p = checks.points
+    normalized, control = p[p["norm"] != "none"], p[p["norm"] == "none"]
+    return {
+        "fig1_heatmaps": plots.heatmaps(normalized, checks.collapse, checks.projection,
+                                        "Test error heatmaps (normalized networks)"),
+        "fig2_collapse": plots.collapse_plot(p),
+        "fig3_l2_sensitivity": plots.l2_sensitivity(p, checks.projection),
+        "fig4_dynamics": plots.dynamics(results.history, dynamics_cells),
+        "fig5_best_over_lr": plots.best_over_lr(p),
+        "fig6_control_heatmaps": plots.heatmaps(control, checks.collapse, checks.projection,
+                                                "Control: no normalization (norm=none)"),
+    }
+
+
+def save_figures(figures: dict, out: Path, dpi: int) -> tuple[list[str], list[str]]:
+    """Write PNG and SVG of each figure; return (saved names, warnings for absent ones)."""
+    saved, warnings = [], []
+    for name, fig in figures.items():
+        if fig is None:
+            warnings.append(f"{name} not drawn: no trials of the kind it shows")
+            continue
+        fig.savefig(out / f"{name}.png", dpi=dpi)
+        fig.set_layout_engine("none")  # keep the layout just computed: half the drawing time
+        fig.savefig(out / f"{name}.svg")
+        plots.plt.close(fig)
+        saved.append(name)
+    return saved, warnings
+
+
+def excluded_table(collapse: pd.DataFrame) -> pd.DataFrame:
+    """Per collapse cell, the (lr, l2) points left out by the equilibrium rule."""
+    def pairs(points: list) -> str:
+        return " ".join(f"{a:.3g}/{b:.3g}" for a, b in points)
+    if collapse.empty:
+        return pd.DataFrame(columns=["cell", "not equilibrated (lr/l2)", "all seeds diverged"])
+    return pd.DataFrame({"cell": collapse["cell"], "n_excluded": collapse["n_excluded"],
+                         "not equilibrated (lr/l2)": collapse["excluded"].map(pairs),
+                         "n_diverged_points": collapse["n_diverged_points"],
+                         "all seeds diverged (lr/l2)": collapse["diverged"].map(pairs)})
+
+
+def _cols(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    return frame[[c for c in cols if c in frame]] if len(frame) else frame
+
+
+def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
+                   figure_names: list[str], warnings: list[str]) -> list[Block]:
+    """The report's blocks, shared by report.md and report.html."""
+    blocks: list[Block] = [
+        Text(f"Results: {results.uri}. Used {len(results.trials)} of {results.n_found} trials "
+             f"found; skipped {len(results.skipped)}."),
+        Heading("Verdicts"), Table(verdicts, "verdicts"),
+        Heading("Rules and thresholds"), Bullets(tuple(rules(checks.settings))),
+        Heading("Figures")]
+    blocks += [FigureRef(n, f"Figure {n[3]}. {FIGURES[n]}") for n in figure_names]
+    blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),
+               Table(_cols(checks.collapse, COLLAPSE_COLUMNS), "collapse"),
+               Heading("Points left out of the collapse fits"),
+               Table(excluded_table(checks.collapse), "excluded"),
+               Heading("Projection: l2-sensitivity"),
+               Table(_cols(checks.projection, PROJECTION_COLUMNS), "projection"),
+               Heading("Equilibrium: measured / predicted angular update"),
+               Table(_cols(checks.equilibrium_cells, EQUILIBRIUM_COLUMNS), "equilibrium"),
+               Table(checks.equilibrium.drop(columns=["setting"], errors="ignore"),
+                     "equilibrium_points"),
+               Heading("Skipped trials"),
+               Table(pd.DataFrame(results.skipped, columns=["trial_id", "kind", "reason"]),
+                     "skipped"),
+               Heading("Warnings"), Bullets(tuple(warnings) or ("none",))]
+    return blocks
+
+
+def print_verdicts(verdicts: pd.DataFrame, file=sys.stdout) -> None:
+    """The short terminal table."""
+    width = max([len(c) for c in verdicts["cell"]] + [4])
+    print(f"{'check':<12} {'cell':<{width}} {'expect':<7} {'verdict':<12} summary", file=file)
+    for r in verdicts.itertuples():
+        print(f"{r.check:<12} {r.cell:<{width}} {r.expected:<7} {r.verdict:<12} {r.summary}",
+              file=file)
+
+
+def write_report(results: Results, out: Path, settings: CheckSettings,
+                 dynamics: list[dict], max_dynamics: int, dpi: int,
+                 figures: bool = True) -> tuple[Checks, pd.DataFrame, list[str]]:
+    """Run the checks and write every output into `out`; return checks, verdicts, warnings."""
+    out.mkdir(parents=True, exist_ok=True)
+    checks = run_checks(results, settings)
+    verdicts = verdict_table(checks)
+    cells, warnings = choose_dynamics(checks.points, dynamics, max_dynamics)
+    warnings = results.warnings + missing_points(checks.points) + warnings
+    names: list[str] = []
+    if figures:
+        names, absent = save_figures(make_figures(results, checks, cells), out, dpi)
+        warnings += absent
+    (out / "collapse.json").write_text(to_json(checks, results) + "\n")
+    to_csv_frame(checks).to_csv(out / "collapse.csv", index=False)
+    blocks = build_document(results, checks, verdicts, names, warnings)
+    title = "l2bn: L2 regularization versus normalization: report"
+    (out / "report.md").write_text(to_markdown(title, blocks))
+    (out / "report.html").write_text(to_html(title, blocks, out))
+    return checks, verdicts, warnings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options (all documented in --help)."""
+    d = CheckSettings()
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", required=True,
+                        help="the sweep's results: <storage>/<name>, a local path or URI "
+                             "(s3://, gs://, file://) holding history/ and trials/")
+    parser.add_argument("--out", help="output folder (local); default <results>/report for "
+                                      "a local path, ./report for a URI")
+    parser.add_argument("--bootstrap", type=int, default=d.n_boot,
+                        help=f"bootstrap replicates for the slope interval (default {d.n_boot})")
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help=f"RNG seed of the bootstrap: same inputs and seed, same "
+                             f"collapse.json (default {d.seed})")
+    parser.add_argument("--relax-factor", type=float, default=d.relax_factor,
+                        help="a point counts as equilibrated when FACTOR x predicted "
+                             "relaxation steps <= its step budget; 0 uses every l2 > 0 point "
+                             f"(default {d.relax_factor:g})")
+    parser.add_argument("--s-tolerance", type=float, default=d.s_tolerance,
+                        help="collapse PASS needs the theory's s inside the bootstrap interval "
+                             f"widened by this much on each side (default {d.s_tolerance:g})")
+    parser.add_argument("--large-l2", type=float, default=None,
+                        help="projection check: l2 above this is the large-l2 regime, left out "
+                             "(default: from the measured gradient norm, see the report's rules)")
+    parser.add_argument("--dynamics", action="append", type=parse_cell, default=[],
+                        metavar="CELL", help="a point for figure 4, e.g. "
+                        "'optimizer=sgd,norm=batch,update=l2,lr=0.1,l2=5e-4' (repeatable; "
+                        "default: the best equilibrated point per optimizer)")
+    parser.add_argument("--max-dynamics", type=int, default=4,
+                        help="at most this many points in figure 4 (default 4)")
+    parser.add_argument("--dpi", type=int, default=100, help="PNG resolution (default 100)")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="only the checks, tables and reports (no figures)")
+    return parser
+
+
+def default_out(results: str) -> Path:
+    """<results>/report for a local path, ./report for a URI."""
+    return Path("report") if "://" in results else Path(results) / "report"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load, check, render, print the verdicts; exit 2 with a one-line error if unusable."""
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        results = load_results(args.results)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = CheckSettings(args.bootstrap, args.seed, args.relax_factor, args.large_l2,
+                             args.s_tolerance)
+    out = Path(args.out) if args.out else default_out(args.results)
+    _, verdicts, warnings = write_report(results, out, settings, args.dynamics,
+                                         args.max_dynamics, args.dpi, not args.no_figures)
+    for trial_id, _, reason in results.skipped:
+        print(f"warning: skipped trial {trial_id}: {reason}", file=sys.stderr)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    sys.stderr.flush()
+    print(f"used {len(results.trials)} of {results.n_found} trials; "
+          f"skipped {len(results.skipped)}")
+    print_verdicts(verdicts)
+    print(f"wrote {out}/report.html, report.md, collapse.csv, collapse.json and figures "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

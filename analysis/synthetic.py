@@ -1,0 +1,125 @@
+"""Synthetic sweep results in the sweep runner's Parquet schema, for tests and benchmarks.
+
+The final test error of each grid point is a function the caller chooses (e.g. of lr*l2),
+plus Gaussian seed noise; the per-layer dynamics follow the SGD equilibrium picture of
+THEORY.md (weight norm relaxing to its equilibrium over relaxation_steps).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from l2bn import theory
+from l2bn.config import TrialConfig
+
+from .load import CHANCE_ERROR, LAYERS, conv_fan_in
+
+ErrorFn = Callable[[str, str, str, float, float], float]  # (optimizer, norm, update, lr, l2)
+PROVENANCE = {"l2bn_version": "0.1.0", "torch_version": "synthetic",
+              "torchvision_version": "synthetic", "python_version": "3", "device_name": "none",
+              "hostname": "synthetic", "git_rev": "synthetic"}
+GRAD_NORM_UNIT = 1.0
+
+
+@dataclass(frozen=True)
+class SyntheticSweep:
+    """A grid of trials whose final test error is error(optimizer, norm, update, lr, l2)."""
+
+    error: ErrorFn
+    optimizers: tuple[str, ...] = ("sgd",)
+    norms: tuple[str, ...] = ("batch",)
+    updates: tuple[str, ...] = ("l2",)
+    lrs: tuple[float, ...] = tuple(np.logspace(-2, 0, 5))
+    l2s: tuple[float, ...] = tuple(np.logspace(-4, -2, 5))
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 3
+    steps_per_epoch: int = 1000
+    noise: float = 0.005
+    diverge_lr: float = math.inf  # trials with lr >= this diverge in their last epoch
+    extra: dict = field(default_factory=dict)  # other TrialConfig fields, e.g. width
+
+    def configs(self) -> list[TrialConfig]:
+        """Every valid grid point x seed (projection needs a normalization)."""
+        grid = product(self.optimizers, self.norms, self.updates, self.lrs, self.l2s, self.seeds)
+        return [TrialConfig(optimizer=o, norm=n, update=u, lr=float(lr), l2=float(l2), seed=s,
+                            epochs=self.epochs, data="synthetic", **self.extra)
+                for o, n, u, lr, l2, s in grid if not (n == "none" and u == "projection")]
+
+
+def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
+    """Per-layer metric columns at a given step (SGD picture: norm relaxes to equilibrium)."""
+    row: dict[str, float] = {}
+    fan_ins = {layer: float(conv_fan_in(layer, cfg.width)) for layer in LAYERS[:3]}
+    wd = 2 * cfg.l2
+    for layer in LAYERS:
+        if cfg.update == "projection" and cfg.norm != "none" and layer != "fc":
+            norm = 1.0
+        elif cfg.l2 > 0:
+            eq = (cfg.lr * GRAD_NORM_UNIT**2 / (2 * wd)) ** 0.25
+            relax = theory.relaxation_steps(cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum)
+            norm = eq + (1.0 - eq) * math.exp(-step / relax)
+        else:
+            norm = math.sqrt(1.0 + 1e-3 * cfg.lr * step)
+        eff_lr = float(theory.measured_effective_lr(cfg.optimizer, cfg.lr, norm))
+        pred = math.nan
+        if layer != "fc" and cfg.norm != "none" and cfg.update == "l2":
+            pred = theory.equilibrium_angular_update(
+                cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum, fan_in=fan_ins[layer],
+                grad_norm_unit=GRAD_NORM_UNIT)
+        row.update({f"{layer}_w_norm": norm * 4.0, f"{layer}_unit_norm": norm,
+                    f"{layer}_rel_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
+                    f"{layer}_angular_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
+                    f"{layer}_grad_norm_unit": GRAD_NORM_UNIT, f"{layer}_eff_lr": eff_lr,
+                    f"{layer}_pred_angular_update": pred})
+    return row
+
+
+def trial_rows(cfg: TrialConfig, final_error: float, diverged: bool,
+               steps_per_epoch: int) -> tuple[list[dict], dict]:
+    """(history rows, trials row) for one trial in the runner's schema."""
+    base = {**cfg.to_row(), "trial_id": cfg.trial_id, **PROVENANCE}
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        step = epoch * steps_per_epoch
+        error = final_error + (CHANCE_ERROR - final_error) * (0.5 ** (epoch - 1)) * 0.5
+        error = final_error if epoch == cfg.epochs else error
+        history.append({**base, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+                        "train_images": steps_per_epoch * cfg.batch_size,
+                        "train_loss": 2 * error, "train_error": 0.9 * error,
+                        "test_loss": 2.2 * error, "test_error": error,
+                        "epoch_time_s": 1.0, "time_s": float(epoch), "images_per_s": 1e4,
+                        "diverged": False, **layer_columns(cfg, step)})
+    if diverged:
+        history[-1] = {**history[-1], "diverged": True,
+                       **{k: math.nan for k in ("train_loss", "test_loss", "test_error")}}
+    final = {**history[-1], "status": "diverged" if diverged else "completed",
+             "epochs_done": cfg.epochs, "error": None}
+    return history, final
+
+
+def write_trial(root: Path, history: list[dict], final: dict) -> None:
+    """history/<id>.parquet and trials/<id>.parquet under root."""
+    trial_id = final["trial_id"]
+    for kind, rows in (("history", history), ("trials", [final])):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), root / kind / f"{trial_id}.parquet")
+
+
+def write_sweep(root: Path | str, sweep: SyntheticSweep, rng_seed: int = 0) -> list[str]:
+    """Write every trial of the sweep under root; return the trial ids."""
+    root, rng = Path(root), np.random.default_rng(rng_seed)
+    ids = []
+    for cfg in sweep.configs():
+        mean = sweep.error(cfg.optimizer, cfg.norm, cfg.update, cfg.lr, cfg.l2)
+        error = float(np.clip(mean + sweep.noise * rng.standard_normal(), 0.0, 1.0))
+        history, final = trial_rows(cfg, error, cfg.lr >= sweep.diverge_lr, sweep.steps_per_epoch)
+        write_trial(root, history, final)
+        ids.append(cfg.trial_id)
+    return ids
