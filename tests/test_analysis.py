@@ -1,0 +1,180 @@
+"""The analysis checks on synthetic Parquet results whose test error is a known function."""
+import math
+
+import numpy as np
+import pytest
+
+from analysis import fit
+from analysis.collapse import CheckSettings, run_checks, to_json
+from analysis.load import load_results
+from analysis.synthetic import SyntheticSweep, write_sweep
+
+LRS = tuple(np.logspace(-2, 0, 5))
+L2S = tuple(np.logspace(-4, -2, 5))
+
+
+def u_shape(z: float, center: float, width: float = 1.0) -> float:
+    """A test-error curve with an optimum: 0.1 at z = center, rising on both sides."""
+    return 0.1 + 0.05 * ((z - center) / width) ** 2
+
+
+def checks_for(tmp_path, error, settings=None, **sweep):
+    write_sweep(tmp_path, SyntheticSweep(error, **sweep))
+    results = load_results(str(tmp_path))
+    return results, run_checks(results, settings or CheckSettings(n_boot=100))
+
+
+def only(frame, **match):
+    rows = frame
+    for k, v in match.items():
+        rows = rows[rows[k] == v]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_error_of_lr_times_l2_gives_s_1_and_passes(tmp_path):
+    _, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: u_shape(math.log10(lr * l2), -3.5))
+    row = only(checks.collapse, cell="sgd/batch/l2")
+    assert abs(row["s"] - 1.0) < 0.1
+    assert row["ci_low"] <= 1.0 <= row["ci_high"]
+    assert row["r2adj_1d"] > 0.9 > max(row["r2adj_lr"], row["r2adj_l2"])
+    assert row["verdict"] == "PASS"
+
+
+def test_error_of_lr_squared_times_l2_gives_s_half(tmp_path):
+    _, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: u_shape(math.log10(lr**2 * l2), -4.5),
+                           optimizers=("adam", "sgd"), settings=CheckSettings(100, relax_factor=0))
+    adam, sgd = only(checks.collapse, optimizer="adam"), only(checks.collapse, optimizer="sgd")
+    assert abs(adam["s"] - 0.5) < 0.05 and abs(sgd["s"] - 0.5) < 0.05
+    assert (adam["s_theory"], sgd["s_theory"]) == (0.5, 1.0)
+    assert adam["verdict"] == "PASS"
+    assert sgd["verdict"] == "FAIL" and "outside" in sgd["reason"]
+
+
+def test_error_of_lr_alone_fails_collapse_and_passes_projection(tmp_path):
+    _, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: u_shape(math.log10(lr), -1),
+                           updates=("l2", "projection"), l2s=(0.0,) + L2S)
+    collapse = only(checks.collapse, cell="sgd/batch/l2")
+    assert abs(collapse["s"]) < 0.1
+    assert collapse["verdict"] == "FAIL"
+    projection = only(checks.projection, cell="sgd/batch/projection")
+    assert projection["n_l2"] == 6  # l2 = 0 counts: it is below the large-l2 regime
+    assert projection["ratio"] < 0.3
+    assert projection["verdict"] == "PASS"
+
+
+def test_error_of_lr_times_l2_fails_projection_flatness(tmp_path):
+    _, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: u_shape(math.log10(lr * l2), -3.5),
+                           updates=("projection",))
+    row = only(checks.projection, cell="sgd/batch/projection")
+    assert row["ratio"] > 0.5 and row["verdict"] == "FAIL"
+
+
+def test_pure_noise_fails_everything(tmp_path):
+    _, checks = checks_for(tmp_path, lambda *_: 0.3, noise=0.05, updates=("l2", "projection"))
+    assert only(checks.collapse, cell="sgd/batch/l2")["verdict"] == "FAIL"
+    assert only(checks.projection, cell="sgd/batch/projection")["verdict"] == "FAIL"
+
+
+def test_too_few_points_is_insufficient(tmp_path):
+    _, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: u_shape(math.log10(lr * l2), -3.5),
+                           lrs=LRS[:2], l2s=L2S[:3], updates=("l2", "projection"))
+    row = only(checks.collapse, cell="sgd/batch/l2")
+    assert row["verdict"] == "INSUFFICIENT" and "need >= 6 points" in row["reason"]
+
+
+def test_equilibrium_rule_excludes_exactly_the_slow_points(tmp_path):
+    results, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: 0.2, steps_per_epoch=100,
+                                 epochs=3, optimizers=("sgd", "momentum"))
+    for opt, mu in (("sgd", 0.0), ("momentum", 0.9)):
+        row = only(checks.collapse, optimizer=opt)
+        # by hand: (1 - mu) / (lr * 2*l2) steps must fit in 300 steps
+        slow = sorted([lr, l2] for lr in LRS for l2 in L2S if (1 - mu) / (lr * 2 * l2) > 300)
+        assert sorted(row["excluded"]) == slow
+        assert row["n_points"] == 25 - len(slow)
+
+
+def test_diverged_points_are_kept_out_of_the_fit_but_listed(tmp_path):
+    results, checks = checks_for(tmp_path, lambda o, n, u, lr, l2: u_shape(math.log10(lr * l2), -3.5),
+                                 lrs=LRS + (3.0,), diverge_lr=3.0)
+    row = only(checks.collapse, cell="sgd/batch/l2")
+    assert sorted(row["diverged"]) == sorted([3.0, l2] for l2 in L2S)
+    assert row["verdict"] == "PASS"  # the divergent lr column does not drag s to 0
+    diverged = checks.points[checks.points["lr"] == 3.0]
+    assert len(diverged) == 5 and diverged["all_diverged"].all()
+    assert np.allclose(diverged["error_mean"], 0.9)
+
+
+def test_equilibrium_angular_ratio_by_hand(tmp_path):
+    results, checks = checks_for(tmp_path, lambda *_: 0.2, steps_per_epoch=20_000)
+    t = results.trials
+    expected = {}
+    for (lr, l2), g in t.groupby(["lr", "l2"]):
+        per_trial = np.mean([g[f"{c}_angular_update"] / g[f"{c}_pred_angular_update"]
+                             for c in ("conv1", "conv2", "conv3")], axis=0)
+        expected[(lr, l2)] = per_trial.mean()
+    eq = checks.equilibrium
+    assert len(eq) == int(checks.points["equilibrated"].sum()) > 0
+    for r in eq.itertuples():
+        assert r.ang_ratio == pytest.approx(expected[(r.lr, r.l2)], rel=1e-12)
+    # synthetic SGD dynamics sit at the predicted equilibrium once relaxed
+    assert only(checks.equilibrium_cells, cell="sgd/batch/l2")["verdict"] == "PASS"
+
+
+def test_large_l2_regime_is_left_out_of_flatness(tmp_path):
+    def error(o, n, u, lr, l2):  # flat in l2, except at the largest l2
+        return u_shape(math.log10(lr), -1) + (0.3 if l2 >= 1e-2 else 0.0)
+    _, auto = checks_for(tmp_path, error, updates=("projection",))
+    _, explicit = checks_for(tmp_path, error, updates=("projection",),
+                             settings=CheckSettings(100, large_l2=5e-3))
+    assert only(auto.projection, cell="sgd/batch/projection")["verdict"] == "FAIL"
+    row = only(explicit.projection, cell="sgd/batch/projection")
+    assert (row["n_large_l2"], row["n_l2"], row["verdict"]) == (5, 4, "PASS")
+
+
+def test_same_inputs_give_identical_json_and_seed_matters(tmp_path):
+    error = lambda o, n, u, lr, l2: u_shape(math.log10(lr * l2), -3.5)  # noqa: E731
+    write_sweep(tmp_path, SyntheticSweep(error))
+    results = load_results(str(tmp_path))
+    a = to_json(run_checks(results, CheckSettings(50, seed=1)), results)
+    b = to_json(run_checks(load_results(str(tmp_path)), CheckSettings(50, seed=1)), results)
+    c = to_json(run_checks(results, CheckSettings(50, seed=2)), results)
+    assert a == b and a != c
+
+
+# ---- the fit itself ----
+
+def test_spline_recovers_a_cubic_exactly():
+    x = np.linspace(-2, 3, 30)
+    y = 0.3 - 0.2 * x + 0.05 * x**3
+    r2 = fit.r2_rows(x, y[None], np.ones((1, 30)), dof=4)
+    assert r2[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_integer_weights_equal_duplicated_points():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=12), rng.normal(size=12)
+    w = rng.integers(1, 4, size=12)
+    weighted = fit.r2_rows(x, y[None], w[None].astype(float), dof=4)[0]
+    # duplicating points changes the standardization of x; a cubic without knots is invariant
+    duplicated = fit.r2_rows(np.repeat(x, w), np.repeat(y, w)[None], np.ones((1, w.sum())), 4)[0]
+    assert weighted == pytest.approx(duplicated, rel=1e-9)
+
+
+def test_adjusted_r2_by_hand():
+    assert fit.adjusted_r2(0.8, 21, 5) == pytest.approx(1 - 0.2 * 20 / 16)
+    assert math.isnan(fit.adjusted_r2(0.8, 5, 5))
+
+
+def test_seed_bootstrap_interval_covers_the_truth():
+    """Over 30 noisy replicates of a collapsing grid (3 seeds), the 95% interval holds s = 1
+    in at least 80% of them (simulated coverage ~95% with the k/(k-1) correction)."""
+    rng = np.random.default_rng(0)
+    lr, l2 = (a.ravel() for a in np.meshgrid(np.logspace(-2, 0, 4), np.logspace(-4, -2, 4)))
+    truth = 0.1 + 0.05 * (np.log10(lr * l2) + 4) ** 2
+    hits = 0
+    for rep in range(30):
+        errors = [t + 0.005 * rng.standard_normal(3) for t in truth]
+        f = fit.fit_slope(lr, l2, errors, 100, np.random.default_rng(rep))
+        hits += f.ci_low <= 1.0 <= f.ci_high
+    assert hits >= 24

@@ -1,0 +1,278 @@
+"""python -m analysis.report end to end on synthetic results: outputs, HTML content, partial
+sweeps, errors, determinism."""
+import base64
+import json
+import math
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.collapse import CheckSettings, rules
+from analysis.report import FIGURES, build_parser, choose_dynamics, main
+from analysis.synthetic import SyntheticSweep, write_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def error(optimizer, norm, update, lr, l2):
+    """Collapse with a normalization (lr*l2, or lr^2*l2 for adam); lr only with projection;
+    an additive, non-collapsing surface without normalization."""
+    if update == "projection":
+        return 0.1 + 0.05 * (math.log10(lr) + 1.5) ** 2
+    if norm == "none":
+        return 0.15 + 0.04 * (math.log10(lr) + 1) ** 2 + 0.01 * math.log10(max(l2, 1e-5)) ** 2
+    z = math.log10(max(lr, 1e-9) ** (2 if optimizer == "adam" else 1) * max(l2, 1e-6))
+    return 0.1 + 0.05 * (z - (-5.0 if optimizer == "adam" else -3.5)) ** 2
+
+
+SWEEP = SyntheticSweep(error, optimizers=("sgd", "adam"), norms=("batch", "none"),
+                       updates=("l2", "projection"), lrs=(0.01, 0.03, 0.1, 0.3, 3.0),
+                       l2s=(0.0, 1e-4, 3e-4, 1e-3, 3e-3), seeds=(0, 1, 2), epochs=3,
+                       steps_per_epoch=20_000, diverge_lr=3.0)
+
+
+class Page(HTMLParser):
+    """Figures (id -> img src), tables (id -> rows of cell texts) and all text of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures, self.tables, self.text = {}, {}, []
+        self._figure = self._table = None
+        self._row = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self._figure = attrs.get("id")
+        elif tag == "img" and self._figure:
+            self.figures[self._figure] = attrs["src"]
+        elif tag == "table":
+            self._table = attrs.get("id")
+            self.tables[self._table] = []
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._figure = None
+        elif tag in ("td", "th"):
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr":
+            self.tables[self._table].append(self._row)
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell += data
+
+
+def parse_page(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("full")
+    write_sweep(root / "results", SWEEP)
+    assert main(["--results", str(root / "results"), "--bootstrap", "100"]) == 0
+    return root / "results" / "report"  # the default --out
+
+
+def test_every_output_is_written(full_report):
+    for name in FIGURES:
+        assert (full_report / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+        assert ET.parse(full_report / f"{name}.svg").getroot().tag.endswith("svg")
+    for name in ("report.html", "report.md", "collapse.csv", "collapse.json"):
+        assert (full_report / name).stat().st_size > 0
+
+
+def test_html_embeds_every_figure_and_the_verdict_table(full_report):
+    page = parse_page(full_report / "report.html")
+    assert set(page.figures) == set(FIGURES)
+    for src in page.figures.values():
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        assert base64.b64decode(src[len(prefix):]).startswith(PNG_MAGIC)
+    header, *rows = page.tables["verdicts"]
+    got = {(r[header.index("check")], r[header.index("cell")], r[header.index("verdict")])
+           for r in rows}
+    verdicts = json.loads((full_report / "collapse.json").read_text())["verdicts"]
+    assert got == {(v["check"], v["cell"], v["verdict"]) for v in verdicts}
+    text = "".join(page.text)
+    for rule in rules(CheckSettings(n_boot=100)):
+        assert rule in text
+
+
+def test_verdicts_of_the_synthetic_sweep(full_report):
+    verdicts = {(v["check"], v["cell"]): v["verdict"] for v in
+                json.loads((full_report / "collapse.json").read_text())["verdicts"]}
+    assert verdicts[("collapse", "sgd/batch/l2")] == "PASS"
+    assert verdicts[("collapse", "adam/batch/l2")] == "PASS"
+    assert verdicts[("collapse", "sgd/none/l2")] == "FAIL"  # the control
+    assert verdicts[("projection", "sgd/batch/projection")] == "PASS"
+    assert verdicts[("projection", "adam/batch/projection")] == "PASS"
+    assert verdicts[("equilibrium", "sgd/batch/l2")] == "PASS"
+
+
+def test_csv_holds_every_check(full_report):
+    frame = pd.read_csv(full_report / "collapse.csv")
+    assert set(frame["check"]) == {"collapse", "projection", "equilibrium", "equilibrium_point"}
+    sgd = frame[(frame["check"] == "collapse") & (frame["cell"] == "sgd/batch/l2")].iloc[0]
+    assert abs(sgd["s"] - 1) < 0.1 and sgd["n_diverged_points"] == 4
+    assert "3/0.0001" in sgd["diverged"]
+
+
+def test_markdown_links_every_figure(full_report):
+    md = (full_report / "report.md").read_text()
+    for name in FIGURES:
+        assert f"({name}.png)" in md and f"({name}.svg)" in md
+    assert "| check | cell | role | expected | verdict |" in md
+
+
+def test_same_results_give_identical_collapse_json(full_report, tmp_path):
+    results = full_report.parent
+    for out in ("a", "b"):
+        assert main(["--results", str(results), "--out", str(tmp_path / out), "--bootstrap",
+                     "100", "--no-figures"]) == 0
+    a, b = ((tmp_path / o / "collapse.json").read_text() for o in "ab")
+    assert a == b == (full_report / "collapse.json").read_text()
+    assert str(tmp_path) not in a  # no paths: comparable across machines
+
+
+def test_file_uri_reads_the_same(full_report, tmp_path):
+    uri = (full_report.parent).resolve().as_uri()
+    assert main(["--results", uri, "--out", str(tmp_path), "--bootstrap", "100",
+                 "--no-figures"]) == 0
+    assert (tmp_path / "collapse.json").read_text() == (full_report / "collapse.json").read_text()
+
+
+# ---- partial sweeps and errors ----
+
+def partial_sweep(root: Path) -> dict[str, str]:
+    """A sweep with missing points, a diverged lr, an unreadable file, a failed trial and a
+    trial still running; returns {kind: trial_id}."""
+    ids = write_sweep(root, SyntheticSweep(error, updates=("l2", "projection"), seeds=(0, 1),
+                                           lrs=(0.01, 0.03, 0.1, 0.3, 3.0), diverge_lr=3.0,
+                                           l2s=(1e-4, 3e-4, 1e-3, 3e-3), steps_per_epoch=20_000))
+    missing, unreadable, running, failed = ids[0:2], ids[2], ids[3], ids[4]
+    for t in missing:  # both seeds of the first (lr, l2) point
+        for kind in ("trials", "history"):
+            os.remove(root / kind / f"{t}.parquet")
+    (root / "trials" / f"{unreadable}.parquet").write_bytes(b"not a parquet file")
+    os.remove(root / "trials" / f"{running}.parquet")
+    history = pq.read_table(root / "history" / f"{running}.parquet").slice(0, 1)
+    pq.write_table(history, root / "history" / f"{running}.parquet")
+    row = pq.read_table(root / "trials" / f"{failed}.parquet").to_pylist()[0]
+    config = {k: v for k, v in row.items() if "error" not in k and "loss" not in k
+              and not k.startswith(("conv", "fc"))}
+    pq.write_table(pa.Table.from_pylist([{**config, "status": "failed",
+                                          "error": "RuntimeError: out of memory"}]),
+                   root / "trials" / f"{failed}.parquet")
+    return {"unreadable": unreadable, "running": running, "failed": failed}
+
+
+def test_partial_sweep_renders_with_warnings_naming_what_was_skipped(tmp_path, capsys):
+    ids = partial_sweep(tmp_path / "results")
+    assert main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                 "--bootstrap", "30"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped trial {ids['unreadable']}: unreadable Parquet file" in err
+    assert f"skipped trial {ids['running']}: still running or lost: 1 of 3 epochs" in err
+    assert f"skipped trial {ids['failed']}: status failed: RuntimeError: out of memory" in err
+    assert "sgd/batch/l2: 2 of 20 (lr, l2) grid points have no usable trial: " \
+           "(lr=0.01, l2=0.0001), (lr=0.01, l2=0.0003)" in err
+    page = parse_page(tmp_path / "out" / "report.html")
+    assert set(page.figures) == set(FIGURES) - {"fig6_control_heatmaps"}  # no norm=none trials
+    skipped = {r[0]: r[1] for r in page.tables["skipped"][1:]}
+    assert skipped == {ids["unreadable"]: "unreadable", ids["running"]: "running",
+                       ids["failed"]: "failed"}
+    summary = json.loads((tmp_path / "out" / "collapse.json").read_text())["inputs"]
+    assert (summary["n_found"], summary["n_skipped"]) == (summary["n_used"] + 3, 3)
+    collapse = json.loads((tmp_path / "out" / "collapse.json").read_text())["collapse"][0]
+    assert sorted(collapse["diverged"]) == [[3.0, l2] for l2 in (1e-4, 3e-4, 1e-3, 3e-3)]
+    assert "fig6_control_heatmaps not drawn" in "".join(page.text)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nowhere", "error: results path not found"),
+    (lambda p: p, "error: no results under"),
+])
+def test_missing_or_empty_results_is_a_one_line_error(tmp_path, capsys, make, message):
+    assert main(["--results", str(make(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_only_failed_trials_is_a_clear_error(tmp_path, capsys):
+    partial = tmp_path / "results" / "trials"
+    partial.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"trial_id": "abc", "status": "failed",
+                                          "error": "boom"}]), partial / "abc.parquet")
+    assert main(["--results", str(tmp_path / "results")]) == 2
+    assert "no usable trials" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    parser = build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+        for flag in action.option_strings:
+            assert flag in text
+
+
+def test_dynamics_choice(full_report):
+    from analysis.collapse import run_checks
+    from analysis.load import load_results
+    points = run_checks(load_results(str(full_report.parent)), CheckSettings(10)).points
+    cells, warnings = choose_dynamics(points, [], 4)
+    assert [c["optimizer"] for c in cells] == ["adam", "sgd"]
+    for c in cells:  # the best equilibrated normalized update=l2 point of its optimizer
+        pool = points[(points["optimizer"] == c["optimizer"]) & (points["norm"] != "none")
+                      & (points["update"] == "l2") & points["equilibrated"]
+                      & (points["n_diverged"] == 0)]
+        assert c["error_mean"] == pool["error_mean"].min()
+    asked = [{"optimizer": "sgd", "norm": "none", "update": "l2", "lr": 0.1, "l2": 1e-3},
+             {"optimizer": "sgd", "lr": 0.5}]
+    cells, warnings = choose_dynamics(points, asked, 4)
+    assert [(c["cell"], c["lr"], c["l2"]) for c in cells] == [("sgd/none/l2", 0.1, 1e-3)]
+    assert len(cells[0]["trial_ids"]) == 3
+    assert warnings == ["--dynamics {'optimizer': 'sgd', 'lr': 0.5}: no such point; not plotted"]
+
+
+def test_bad_dynamics_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--results", "x", "--dynamics", "optimiser=sgd"])
+    assert exc.value.code == 2 and "bad --dynamics part" in capsys.readouterr().err
+
+
+def test_module_runs_without_torch_or_ray():
+    code = ("import sys, runpy; sys.argv = ['x', '--help']\n"
+            "try: runpy.run_module('analysis.report', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert "--results" in out.stdout and "HEAVY []" in out.stdout, out.stderr
+
+
+def test_single_seed_uses_the_point_bootstrap(tmp_path):
+    write_sweep(tmp_path / "r", SyntheticSweep(error, seeds=(0,), steps_per_epoch=20_000))
+    assert main(["--results", str(tmp_path / "r"), "--bootstrap", "30", "--no-figures"]) == 0
+    row = json.loads((tmp_path / "r" / "report" / "collapse.json").read_text())["collapse"][0]
+    assert row["bootstrap"] == "points" and np.isfinite(row["s"])
