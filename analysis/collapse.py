@@ -18,13 +18,14 @@ import pandas as pd
 
 from l2bn import theory
 
-from .fit import CI_LEVEL, MAX_DOF, S_GRID, adjusted_r2, fit_slope
+from .fit import CI_LEVEL, MAX_DOF, POINTS_PER_DOF, S_GRID, adjusted_r2, fit_slope
 from .load import CHANCE_ERROR, CONV_LAYERS, Results
 
 MIN_POINTS = 6  # fewer equilibrated points than this: INSUFFICIENT
 MIN_DISTINCT = 3  # ... or fewer distinct lr or l2 values than this
 R2_MIN = 0.5  # the 1-D model's adjusted R^2 must reach this
 GAIN_MIN = 0.5  # ... and remove this fraction of the variance the best one-variable model leaves
+MAX_CI_WIDTH = 0.5  # a wider interval cannot tell the two theories (s = 1/2, s = 1) apart
 FLAT_MAX = 0.3  # projection: spread across l2 / spread across lr at most this
 EQ_RATIO = (2 / 3, 3 / 2)  # equilibrium: median measured/predicted angular update in this range
 POINT_KEYS = ["cell", "optimizer", "norm", "update", "setting", "lr", "l2"]
@@ -69,15 +70,16 @@ def rules(settings: CheckSettings) -> list[str]:
         "epoch, the slowest layer counting; median over seeds. Budget = steps_per_epoch x "
         "epochs). Diverged points have no measured gradient norm under adam: not equilibrated.",
         "Collapse fit: for each s in [-1, 3] (step 0.01, then parabolic refinement), a cubic "
-        f"regression spline (up to {MAX_DOF} coefficients, fewer when the grid has fewer "
-        "distinct x values) in x = log(lr) + s*log(l2) is fitted to the per-point mean test "
+        f"regression spline (up to {MAX_DOF} coefficients, at most one per {POINTS_PER_DOF} "
+        "points and fewer than the distinct x values) in x = log(lr) + s*log(l2) is fitted to"
+        " the per-point mean test "
         "error; s maximises R^2. The lr-only and l2-only models are the same spline in log(lr)"
         " or log(l2).",
         f"Interval: {100 * CI_LEVEL:g}% percentile bootstrap ({settings.n_boot} replicates, "
         f"RNG seed {settings.seed}). 'seeds': each point's seeds are redrawn from the cell's "
         "pooled within-point deviations (scaled by sqrt(k/(k-1))) around the point's mean; "
-        "'points' (when the median point has a single seed): the points are resampled. The "
-        "'bootstrap' column says which.",
+        "'residuals' (when the median point has a single seed): the fitted 1-D model plus "
+        "its resampled residuals. The 'bootstrap' column says which.",
         "Variance explained: adjusted R^2 = 1 - (1 - R^2)(n - 1)/(n - k), k = the model's "
         "coefficients (+1 for s in the 1-D model); gain = (R^2_1D - R^2_best single)/"
         "(1 - R^2_best single), the share of the best one-variable model's unexplained "
@@ -86,7 +88,10 @@ def rules(settings: CheckSettings) -> list[str]:
         f"fewer than {MIN_DISTINCT} distinct lr or l2 values; PASS when the theory's s lies in "
         f"the interval widened by {settings.s_tolerance:g} on each side (the interval shrinks"
         " to nothing with many seeds, while the theory is an equilibrium approximation), "
-        f"adjusted R^2_1D >= {R2_MIN} and gain >= {GAIN_MIN}; else FAIL. "
+        f"adjusted R^2_1D >= {R2_MIN} and gain >= {GAIN_MIN}; FAIL when either R^2 criterion"
+        " fails or the widened interval misses the theory's s; INSUFFICIENT (instead of PASS "
+        f"or the s-only FAIL) when the interval is wider than {MAX_CI_WIDTH}, too wide to "
+        "tell s = 1/2 from s = 1. "
         "norm=none is the control: FAIL is the expected outcome there.",
         f"Projection flatness: among l2 below the large-l2 regime, ratio = (mean over lr of "
         f"the std of error across l2) / (mean over l2 of the std across lr); PASS when ratio "
@@ -188,16 +193,21 @@ def collapse_stats(fit, n: int, n_lr: int, n_l2: int, s_theory: float, tol: floa
                            "gain": gain}
     if not np.isfinite(fit.r2_1d):
         return stats | {"verdict": "INSUFFICIENT", "reason": "test error constant over points"}
-    failures = []
-    if not fit.ci_low - tol <= s_theory <= fit.ci_high + tol:
-        failures.append(f"theory s={s_theory:g} outside [{fit.ci_low:.3f}, {fit.ci_high:.3f}]"
-                        f" +- {tol:g}")
+    weak = []  # the 1-D model does not explain the errors: FAIL whatever s is
     if not adj_1d >= R2_MIN:
-        failures.append(f"adjusted R^2_1D {adj_1d:.3f} < {R2_MIN}")
+        weak.append(f"adjusted R^2_1D {adj_1d:.3f} < {R2_MIN}")
     if not gain >= GAIN_MIN:
-        failures.append(f"gain over best single variable {gain:.3f} < {GAIN_MIN}")
-    return stats | {"verdict": "FAIL" if failures else "PASS",
-                    "reason": "; ".join(failures) or "all criteria met"}
+        weak.append(f"gain over best single variable {gain:.3f} < {GAIN_MIN}")
+    inside = fit.ci_low - tol <= s_theory <= fit.ci_high + tol
+    where = f"theory s={s_theory:g} outside [{fit.ci_low:.3f}, {fit.ci_high:.3f}] +- {tol:g}"
+    if weak:
+        return stats | {"verdict": "FAIL", "reason": "; ".join(([] if inside else [where]) + weak)}
+    if fit.ci_high - fit.ci_low > MAX_CI_WIDTH:
+        return stats | {"verdict": "INSUFFICIENT", "reason": (
+            f"interval [{fit.ci_low:.3f}, {fit.ci_high:.3f}] wider than {MAX_CI_WIDTH}: "
+            "cannot tell s = 1/2 from s = 1")}
+    return stats | ({"verdict": "PASS", "reason": "all criteria met"} if inside
+                    else {"verdict": "FAIL", "reason": where})
 
 
 def large_l2_threshold(cell_points: pd.DataFrame, settings: CheckSettings) -> float:
@@ -294,17 +304,19 @@ def verdict_table(checks: Checks) -> pd.DataFrame:
     rows = []
     for r in checks.collapse.to_dict("records"):
         summary = f"{r['n_points']} pts"
-        if "s" in r and np.isfinite(r.get("s", np.nan)):
+        if r["verdict"] != "INSUFFICIENT" and np.isfinite(r.get("s", np.nan)):
             summary += (f"; s={r['s']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs theory "
                         f"{r['s_theory']:g}; adj R^2 1-D {r['r2adj_1d']:.3f}, lr-only "
                         f"{r['r2adj_lr']:.3f}, l2-only {r['r2adj_l2']:.3f}")
         rows.append(("collapse", r, summary))
     for r in checks.projection.to_dict("records"):
-        rows.append(("projection", r, f"{r['n_points']} pts; l2-sensitivity ratio "
-                     f"{r['ratio']:.3f} (update=l2: {r.get('ratio_update_l2', np.nan):.3f})"))
+        rows.append(("projection", r, f"{r['n_points']} pts" if r["verdict"] == "INSUFFICIENT"
+                     else f"{r['n_points']} pts; l2-sensitivity ratio {r['ratio']:.3f} "
+                     f"(update=l2: {r.get('ratio_update_l2', np.nan):.3f})"))
     for r in checks.equilibrium_cells.to_dict("records"):
-        rows.append(("equilibrium", r, f"{r['n_points']} pts; measured/predicted angular "
-                     f"update median {r['ratio_median']:.3f}"))
+        rows.append(("equilibrium", r, f"{r['n_points']} pts" if r["verdict"] == "INSUFFICIENT"
+                     else f"{r['n_points']} pts; measured/predicted angular update median "
+                     f"{r['ratio_median']:.3f}"))
     return pd.DataFrame([{"check": c, "cell": r["cell"], "role": r["role"],
                           "expected": r["expected"], "verdict": r["verdict"], "summary": s,
                           "reason": r["reason"]} for c, r, s in rows],
@@ -336,6 +348,7 @@ def to_json(checks: Checks, results: Results) -> str:
                                                           round(float(S_GRID[1] - S_GRID[0]), 10)]},
         "thresholds": {"min_points": MIN_POINTS, "min_distinct": MIN_DISTINCT,
                        "r2_min": R2_MIN, "gain_min": GAIN_MIN, "flat_max": FLAT_MAX,
+                       "max_ci_width": MAX_CI_WIDTH, "s_tolerance": checks.settings.s_tolerance,
                        "equilibrium_ratio": list(EQ_RATIO), "ci_level": CI_LEVEL,
                        "chance_error": CHANCE_ERROR},
         "inputs": {"n_found": results.n_found, "n_used": len(results.trials),
@@ -368,5 +381,9 @@ def to_csv_frame(checks: Checks) -> pd.DataFrame:
         if col in frame:
             frame[col] = [" ".join(f"{a:g}/{b:g}" for a, b in e) if isinstance(e, list) else ""
                           for e in frame[col]]
+    for col in frame:
+        values = frame[col].dropna()
+        if col.startswith("n_") and len(values) and (values == values.round()).all():
+            frame[col] = frame[col].astype("Int64")  # counts stay integers next to blanks
     first = ["check", "cell", "optimizer", "norm", "update", "setting", "verdict"]
     return frame[[c for c in first if c in frame] + [c for c in frame if c not in first]]

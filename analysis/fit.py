@@ -3,8 +3,7 @@
 For every s on a grid, a cubic regression spline in x is fitted by least squares to the
 per-point mean test errors; s is the R^2 maximiser, refined by a parabola through the grid
 maximum and its neighbours. The design matrix depends on s but not on the errors, so all
-bootstrap replicates are fitted at once per s (weighted least squares: weights are the
-multinomial counts of a point bootstrap, ones for a seed bootstrap).
+bootstrap replicates are fitted at once per s (one linear solve with many right-hand sides).
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import numpy as np
 
 S_GRID = np.round(np.linspace(-1.0, 3.0, 401), 10)  # step 0.01; theory's s is 1/2 or 1
 MAX_DOF = 6  # cubic with two interior knots
+POINTS_PER_DOF = 3
 RIDGE = 1e-10  # relative; keeps rank-deficient fits (few distinct x) well defined
 CI_LEVEL = 0.95
 
@@ -29,7 +29,7 @@ class SlopeFit:
     r2_lr: float
     r2_l2: float
     dof: int  # spline coefficients (the 1-D model has one more parameter: s)
-    bootstrap: str  # "seeds" or "points"
+    bootstrap: str  # "seeds" or "residuals" (see bootstrap_errors)
 
 
 def spline_basis(x: np.ndarray, dof: int) -> np.ndarray:
@@ -44,26 +44,28 @@ def spline_basis(x: np.ndarray, dof: int) -> np.ndarray:
     return np.stack(powers + [np.clip(z - k, 0, None) ** 3 for k in knots], axis=1)
 
 
-def r2_rows(x: np.ndarray, Y: np.ndarray, W: np.ndarray, dof: int) -> np.ndarray:
-    """Weighted R^2 of the spline in x for every row of Y (B, n) with weights W (B, n)."""
+def smooth(x: np.ndarray, Y: np.ndarray, dof: int) -> np.ndarray:
+    """Least-squares spline fit in x of every row of Y (B, n): the fitted values (B, n)."""
     X = spline_basis(x, dof)
-    n, p = X.shape
-    A = (W @ (X[:, :, None] * X[:, None, :]).reshape(n, p * p)).reshape(-1, p, p)
-    A += RIDGE * (np.trace(A, axis1=1, axis2=2) / p)[:, None, None] * np.eye(p)
-    beta = np.linalg.solve(A, ((W * Y) @ X)[..., None])[..., 0]
-    resid = Y - beta @ X.T
-    mean = (W * Y).sum(1, keepdims=True) / W.sum(1, keepdims=True)
-    sst = (W * (Y - mean) ** 2).sum(1)
-    sse = (W * resid**2).sum(1)
+    A = X.T @ X
+    A += RIDGE * np.trace(A) / len(A) * np.eye(len(A))
+    return (X @ np.linalg.solve(A, X.T @ Y.T)).T
+
+
+def r2_rows(x: np.ndarray, Y: np.ndarray, dof: int) -> np.ndarray:
+    """R^2 of the spline in x for every row of Y (B, n)."""
+    sse = ((Y - smooth(x, Y, dof)) ** 2).sum(1)
+    sst = ((Y - Y.mean(1, keepdims=True)) ** 2).sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(sst > 1e-18, 1.0 - sse / sst, np.nan)
 
 
 def spline_dof(log_lr: np.ndarray, log_l2: np.ndarray) -> int:
-    """MAX_DOF, capped by the fewest distinct x values over the s grid (s = 0 aside), so
-    that every fitted model has full rank and R^2(s) has no jumps."""
+    """MAX_DOF, capped at a third of the points (a flexible curve through few points fits
+    any s) and by the fewest distinct x values over the s grid (s = 0 aside), so that every
+    fitted model has full rank and R^2(s) has no jumps."""
     distinct = min(len(np.unique(np.round(log_lr + s * log_l2, 9))) for s in S_GRID if s != 0)
-    return int(min(MAX_DOF, distinct))
+    return int(max(2, min(MAX_DOF, distinct, len(log_lr) // POINTS_PER_DOF)))
 
 
 def argmax_refined(curves: np.ndarray) -> np.ndarray:
@@ -84,16 +86,17 @@ def argmax_refined(curves: np.ndarray) -> np.ndarray:
     return s
 
 
-def bootstrap_errors(errors: list[np.ndarray], n_boot: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
-    """(Y, W, mode): n_boot replicates of the per-point means.
+def bootstrap_errors(errors: list[np.ndarray], fitted: np.ndarray, dof: int, n_boot: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """(Y, mode): n_boot replicates (n_boot, n) of the per-point mean errors.
 
     "seeds" (the median point has two or more seeds): each point's k seeds are redrawn from
     the cell's pooled within-point deviations e - mean(e), each scaled by sqrt(k/(k-1)) so
-    their variance is unbiased, and added to the point's mean. Resampling a point's own 2-3
-    seeds gives too narrow an interval (simulated coverage of a 95% interval: 0.85-0.92 with
-    2-3 seeds per point, against 0.91-0.95 pooled). "points" (single seeds): a multinomial
-    resample of the points, as weights.
+    their variance is unbiased, and averaged onto the point's mean. Resampling each point's
+    own 2-3 seeds gives too narrow an interval (simulated coverage of a 95% interval 0.85-0.92
+    with 2-3 seeds, against 0.91-0.95 pooled).
+    "residuals" (single seeds): the fitted 1-D model plus its residuals resampled, scaled by
+    sqrt(n/(n - dof - 1)) for the fitted coefficients and s.
     """
     n = len(errors)
     if np.median([len(e) for e in errors]) >= 2:
@@ -103,30 +106,30 @@ def bootstrap_errors(errors: list[np.ndarray], n_boot: int,
         for i, e in enumerate(errors):
             Y[:, i] = e.mean() + deviations[rng.integers(0, len(deviations),
                                                          (n_boot, len(e)))].mean(1)
-        return Y, np.ones((n_boot, n)), "seeds"
+        return Y, "seeds"
     means = np.array([e.mean() for e in errors])
-    W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-    return np.tile(means, (n_boot, 1)), W, "points"
+    resid = (means - fitted) * np.sqrt(n / max(n - dof - 1, 1))
+    return fitted + resid[rng.integers(0, n, (n_boot, n))], "residuals"
 
 
 def fit_slope(lr: np.ndarray, l2: np.ndarray, errors: list[np.ndarray], n_boot: int,
               rng: np.random.Generator) -> SlopeFit:
     """Fit s for points (lr, l2) with per-seed errors; bootstrap interval at CI_LEVEL."""
     log_lr, log_l2 = np.log(lr), np.log(l2)
-    y = np.array([e.mean() for e in errors])
-    Yb, Wb, mode = bootstrap_errors(errors, n_boot, rng)
-    Y, W = np.vstack([y, Yb]), np.vstack([np.ones_like(y), Wb])
+    y = np.array([e.mean() for e in errors])[None]
     dof = spline_dof(log_lr, log_l2)
-    curves = np.stack([r2_rows(log_lr + s * log_l2, Y, W, dof) for s in S_GRID])
-    s_hat = argmax_refined(curves)
-    ones = np.ones((1, len(y)))
-    r2_1d = r2_rows(log_lr + s_hat[0] * log_l2, y[None], ones, dof)[0]
+    s_hat = argmax_refined(np.stack([r2_rows(log_lr + s * log_l2, y, dof) for s in S_GRID]))[0]
+    if np.isnan(s_hat):  # constant errors: nothing to explain
+        return SlopeFit(*[np.nan] * 6, dof, "none")
+    x_hat = log_lr + s_hat * log_l2
+    Y, mode = bootstrap_errors(errors, smooth(x_hat, y, dof)[0], dof, n_boot, rng)
+    boot = argmax_refined(np.stack([r2_rows(log_lr + s * log_l2, Y, dof) for s in S_GRID]))
+    boot = boot[~np.isnan(boot)]
     alpha = 100 * (1 - CI_LEVEL) / 2
-    boot = s_hat[1:][~np.isnan(s_hat[1:])]
     low, high = np.percentile(boot, [alpha, 100 - alpha]) if len(boot) else (np.nan, np.nan)
-    return SlopeFit(float(s_hat[0]), float(low), float(high), float(r2_1d),
-                    float(r2_rows(log_lr, y[None], ones, dof)[0]),
-                    float(r2_rows(log_l2, y[None], ones, dof)[0]), dof, mode)
+    return SlopeFit(float(s_hat), float(low), float(high), float(r2_rows(x_hat, y, dof)[0]),
+                    float(r2_rows(log_lr, y, dof)[0]), float(r2_rows(log_l2, y, dof)[0]), dof,
+                    mode)
 
 
 def adjusted_r2(r2: float, n: int, k: int) -> float:

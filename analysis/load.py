@@ -8,6 +8,7 @@ unreadable file, a trial still running or a failed trial is skipped with a reaso
 from __future__ import annotations
 
 import functools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ SETTING_COLUMNS = ("l2_scope", "width", "epochs", "batch_size", "n_train", "n_te
                    "augment", "data")
 USED_STATUSES = ("completed", "diverged")
 READ_THREADS = 8
+META_FILE = "sweep.json"  # written by sweeps/run_grid.py: the grid's trial ids
 
 
 class ResultsError(Exception):
@@ -60,11 +62,25 @@ def open_results(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def list_parquet(fs: pafs.FileSystem, base: str, kind: str) -> dict[str, str]:
-    """trial_id -> path of `<base>/<kind>/*.parquet` (empty if the folder is missing)."""
+    """trial_id -> path of `<base>/<kind>/*.parquet` (empty if the folder is missing); names
+    starting with '.' or '_' are a writer's temporary files and are ignored."""
     selector = pafs.FileSelector(f"{base}/{kind}", allow_not_found=True)
     infos = fs.get_file_info(selector)
     return {Path(i.path).stem: i.path for i in infos
-            if i.type == pafs.FileType.File and i.path.endswith(".parquet")}
+            if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+            and not i.base_name.startswith((".", "_"))}
+
+
+def grid_trial_ids(fs: pafs.FileSystem, base: str) -> list[str]:
+    """The trial ids the sweep runner recorded in `<base>/sweep.json` (empty without one)."""
+    path = f"{base}/{META_FILE}"
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return []
+        with fs.open_input_stream(path) as f:
+            return list(json.loads(f.read().decode()).get("trial_ids", []))
+    except (OSError, ValueError, pa.ArrowException):
+        return []
 
 
 def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table | str:
@@ -98,15 +114,20 @@ def load_results(uri: str) -> Results:
     if info.type == pafs.FileType.NotFound:
         raise ResultsError(f"results path not found: {uri}")
     trial_paths, history_paths = list_parquet(fs, base, "trials"), list_parquet(fs, base, "history")
-    if not trial_paths and not history_paths:
-        raise ResultsError(f"no results under {uri}: expected Parquet files in "
+    known = set(trial_paths) | set(history_paths)
+    not_started = sorted(set(grid_trial_ids(fs, base)) - known)
+    if not known:
+        grid = f" (sweep.json lists {len(not_started)} trials, none started)" if not_started else ""
+        raise ResultsError(f"no results under {uri}{grid}: expected Parquet files in "
                            f"{uri}/trials/ and {uri}/history/")
     trials, bad_trials = read_tables(fs, trial_paths)
     history, bad_history = read_tables(fs, history_paths)
     trials, skipped = select_trials(trials, history, bad_trials, set(history_paths))
+    skipped = sorted(skipped + [(t, "not_started", "in the grid (sweep.json) but no result "
+                                 "file yet") for t in not_started])
     warnings = [f"trial {t}: history not usable ({r}); its dynamics are not plotted"
                 for t, r in sorted(bad_history.items()) if t in set(trials.get("trial_id", []))]
-    n_found = len(set(trial_paths) | set(history_paths))
+    n_found = len(known) + len(not_started)
     if trials.empty:
         reasons = "; ".join(f"{t}: {r}" for t, _, r in skipped[:5])
         raise ResultsError(f"no usable trials under {uri} ({n_found} found, all skipped: "

@@ -28,6 +28,7 @@ from .load import CHANCE_ERROR, LAYERS  # noqa: E402
 PANEL = (3.2, 2.7)  # inches per panel
 MAX_COLS = 4
 ANNOTATE_MAX = 64  # write error values into heatmap cells up to this many cells
+MIN_COLOR_RANGE = 0.01  # a heatmap's colours span at least 1% test error: no painted noise
 sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
 
 
@@ -106,8 +107,9 @@ def draw_heatmap(ax, p: pd.DataFrame, l2axis: L2Axis, vmin: float, vmax: float,
         elif r.l2 > 0 and r.update == "l2" and not r.equilibrated:
             ax.plot(xs[i], ys[j], ".", color="white", ms=4)
         if len(p) <= ANNOTATE_MAX and not r.n_diverged:
+            bright = (r.error_mean - vmin) / (vmax - vmin) > 0.6  # viridis is light up there
             ax.text(xs[i], ys[j] + 0.28 * (ye[j + 1] - ye[j]), f"{100 * r.error_mean:.0f}",
-                    ha="center", va="center", fontsize=5.5, color="white")
+                    ha="center", va="center", fontsize=5.5, color="black" if bright else "white")
     opt, update = p["optimizer"].iloc[0], p["update"].iloc[0]
     _iso_lines(ax, xs, ys[l2s > 0], 0.0 if update == "projection" else theory.iso_slope(opt))
     if (l2s == 0).any():
@@ -119,7 +121,7 @@ def draw_heatmap(ax, p: pd.DataFrame, l2axis: L2Axis, vmin: float, vmax: float,
             _line(ax, x0, y0, fit["s"], color="red", ls="-", lw=1.3)
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
-    ax.set_xticks(xs[:: max(1, len(xs) // 6)], [f"{v:.2g}" for v in lrs[:: max(1, len(xs) // 6)]])
+    _lr_ticks(ax, lrs)
     l2axis.ticks(ax, "y", l2s)
     ax.grid(False)
     return mesh
@@ -137,6 +139,16 @@ def _diverged_at_top(ax, x: pd.Series, p: pd.DataFrame) -> None:
 def _suptitle(fig: Figure, text: str) -> None:
     """A figure title wrapped to the figure's width."""
     fig.suptitle(textwrap.fill(text, int(fig.get_figwidth() * 14)), fontsize=9)
+
+
+def _lr_ticks(ax, lrs: np.ndarray) -> None:
+    """Decade ticks on a log10(lr) x axis; the values themselves when they span < 1 decade."""
+    logs = np.log10(lrs)
+    decades = np.arange(np.ceil(logs.min() - 1e-9), np.floor(logs.max() + 1e-9) + 1)
+    if len(decades) >= 2:
+        ax.set_xticks(decades, [f"1e{int(d)}" for d in decades])
+    else:
+        ax.set_xticks(logs, [f"{v:.2g}" for v in lrs])
 
 
 def _line(ax, x0: float, y0: float, s: float, **style) -> None:
@@ -171,7 +183,7 @@ def heatmaps(points: pd.DataFrame, collapse: pd.DataFrame, projection: pd.DataFr
         # spanning the points that did not all diverge
         finite = p.loc[~p["all_diverged"], "error_mean"]
         lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, CHANCE_ERROR)
-        mesh = draw_heatmap(ax, p, l2axis, lo, max(hi, lo + 1e-3), fit)
+        mesh = draw_heatmap(ax, p, l2axis, lo, max(hi, lo + MIN_COLOR_RANGE), fit)
         fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.06)
         label = cell + (f"  [{fit['verdict']}]" if fit else "")
         if fit and np.isfinite(fit.get("s", np.nan)):
@@ -306,17 +318,20 @@ def dynamics(history: pd.DataFrame, cells: list[dict]) -> Figure | None:
         for ax, (key, label) in zip(axes[:, col], rows, strict=True):
             for layer in LAYERS:
                 if f"{layer}_{key}" in mean:
-                    ax.plot(mean.index, mean[f"{layer}_{key}"], color=colors[layer], label=layer)
+                    ax.plot(mean.index, mean[f"{layer}_{key}"], color=colors[layer], label=layer,
+                            marker="o", ms=2.5)
                 pred = f"{layer}_pred_angular_update"
                 if key == "angular_update" and pred in mean and mean[pred].notna().any():
-                    ax.plot(mean.index, mean[pred], color=colors[layer], ls="--", lw=1)
+                    ax.plot(mean.index, mean[pred], color=colors[layer], ls="--", lw=1,
+                            marker="_", ms=8)
             values = mean[[c for c in mean if c.endswith(key)]].to_numpy().ravel()
             values = values[np.isfinite(values)]
             if len(values) and values.min() > 0 and values.max() > 10 * values.min():
                 ax.set_yscale("log")
             else:
                 ax.ticklabel_format(axis="y", useOffset=False, style="sci", scilimits=(-3, 4))
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
+            ax.set_xlim(0.5, max(mean.index.max(), 1) + 0.5)
             ax.set_ylabel(label)
             ax.set_xlabel("epoch")
         axes[0, col].set_title(f"{cell['cell']}\nlr={cell['lr']:.3g}, l2={cell['l2']:.3g} "

@@ -162,12 +162,14 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
     return blocks
 
 
-def print_verdicts(verdicts: pd.DataFrame, file=sys.stdout) -> None:
+def print_verdicts(verdicts: pd.DataFrame, file=None) -> None:
     """The short terminal table."""
+    file = file or sys.stdout
     width = max([len(c) for c in verdicts["cell"]] + [4])
     print(f"{'check':<12} {'cell':<{width}} {'expect':<7} {'verdict':<12} summary", file=file)
     for r in verdicts.itertuples():
-        print(f"{r.check:<12} {r.cell:<{width}} {r.expected:<7} {r.verdict:<12} {r.summary}",
+        why = "" if r.verdict == "PASS" else f" | {r.reason}"
+        print(f"{r.check:<12} {r.cell:<{width}} {r.expected:<7} {r.verdict:<12} {r.summary}{why}",
               file=file)
 
 
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"used {len(results.trials)} of {results.n_found} trials; "
           f"skipped {len(results.skipped)}")
     print_verdicts(verdicts)
-    print(f"wrote {out}/report.html, report.md, collapse.csv, collapse.json and figures "
+    figures = "" if args.no_figures else " and the figures (PNG, SVG)"
+    print(f"wrote {out}/report.html, report.md, collapse.csv, collapse.json{figures} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from analysis import fit
-from analysis.collapse import CheckSettings, run_checks, to_json
+from analysis.collapse import CheckSettings, collapse_stats, run_checks, to_json
 from analysis.load import load_results
 from analysis.synthetic import SyntheticSweep, write_sweep
 
@@ -147,18 +147,28 @@ def test_same_inputs_give_identical_json_and_seed_matters(tmp_path):
 def test_spline_recovers_a_cubic_exactly():
     x = np.linspace(-2, 3, 30)
     y = 0.3 - 0.2 * x + 0.05 * x**3
-    r2 = fit.r2_rows(x, y[None], np.ones((1, 30)), dof=4)
-    assert r2[0] == pytest.approx(1.0, abs=1e-9)
+    assert fit.r2_rows(x, y[None], dof=4)[0] == pytest.approx(1.0, abs=1e-9)
+    # a quadratic explains a known share of a cubic: R^2 = 1 - SSE/SST by hand
+    X = np.stack([np.ones_like(x), x, x**2], axis=1)
+    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    by_hand = 1 - (resid**2).sum() / ((y - y.mean()) ** 2).sum()
+    assert fit.r2_rows(x, y[None], dof=3)[0] == pytest.approx(by_hand, rel=1e-9)
 
 
-def test_integer_weights_equal_duplicated_points():
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=12), rng.normal(size=12)
-    w = rng.integers(1, 4, size=12)
-    weighted = fit.r2_rows(x, y[None], w[None].astype(float), dof=4)[0]
-    # duplicating points changes the standardization of x; a cubic without knots is invariant
-    duplicated = fit.r2_rows(np.repeat(x, w), np.repeat(y, w)[None], np.ones((1, w.sum())), 4)[0]
-    assert weighted == pytest.approx(duplicated, rel=1e-9)
+@pytest.mark.parametrize("s, low, high, r2_1d, verdict, why", [
+    (1.02, 0.95, 1.10, 0.95, "PASS", "all criteria met"),
+    (1.20, 1.10, 1.30, 0.95, "FAIL", "theory s=1 outside [1.100, 1.300] +- 0.05"),
+    (1.08, 1.04, 1.10, 0.95, "PASS", "all criteria met"),  # 1 lies within the 0.05 slack
+    (1.08, 1.06, 1.10, 0.95, "FAIL", "outside"),  # ... and here it does not
+    (1.00, 0.20, 1.80, 0.95, "INSUFFICIENT", "wider than 0.5"),
+    (1.00, 0.95, 1.05, 0.30, "FAIL", "adjusted R^2_1D"),
+])
+def test_collapse_verdict_rules(s, low, high, r2_1d, verdict, why):
+    f = fit.SlopeFit(s, low, high, r2_1d, 0.2, 0.1, 6, "seeds")
+    out = collapse_stats(f, n=25, n_lr=5, n_l2=5, s_theory=1.0, tol=0.05)
+    assert out["verdict"] == verdict and why in out["reason"]
+    assert out["r2adj_1d"] == pytest.approx(1 - (1 - r2_1d) * 24 / (25 - 7))
+    assert out["gain"] == pytest.approx((r2_1d - 0.2) / 0.8)
 
 
 def test_adjusted_r2_by_hand():

@@ -10,7 +10,6 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,8 +163,9 @@ def test_file_uri_reads_the_same(full_report, tmp_path):
 # ---- partial sweeps and errors ----
 
 def partial_sweep(root: Path) -> dict[str, str]:
-    """A sweep with missing points, a diverged lr, an unreadable file, a failed trial and a
-    trial still running; returns {kind: trial_id}."""
+    """A sweep with missing points, a diverged lr, an unreadable file, a failed trial, a
+    trial still running, one not started (in sweep.json only) and a writer's temporary
+    files; returns {kind: trial_id}."""
     ids = write_sweep(root, SyntheticSweep(error, updates=("l2", "projection"), seeds=(0, 1),
                                            lrs=(0.01, 0.03, 0.1, 0.3, 3.0), diverge_lr=3.0,
                                            l2s=(1e-4, 3e-4, 1e-3, 3e-3), steps_per_epoch=20_000))
@@ -183,7 +183,11 @@ def partial_sweep(root: Path) -> dict[str, str]:
     pq.write_table(pa.Table.from_pylist([{**config, "status": "failed",
                                           "error": "RuntimeError: out of memory"}]),
                    root / "trials" / f"{failed}.parquet")
-    return {"unreadable": unreadable, "running": running, "failed": failed}
+    (root / "sweep.json").write_text(json.dumps({"trial_ids": ids + ["feedfacecafe"]}))
+    (root / "trials" / f".{ids[6]}.1234abcd.tmp").write_bytes(b"half a file")
+    (root / "history" / "_temporary.parquet").write_bytes(b"half a file")
+    return {"unreadable": unreadable, "running": running, "failed": failed,
+            "missing": missing}
 
 
 def test_partial_sweep_renders_with_warnings_naming_what_was_skipped(tmp_path, capsys):
@@ -199,10 +203,12 @@ def test_partial_sweep_renders_with_warnings_naming_what_was_skipped(tmp_path, c
     page = parse_page(tmp_path / "out" / "report.html")
     assert set(page.figures) == set(FIGURES) - {"fig6_control_heatmaps"}  # no norm=none trials
     skipped = {r[0]: r[1] for r in page.tables["skipped"][1:]}
+    not_started = {t: "not_started" for t in ids["missing"] + ["feedfacecafe"]}
     assert skipped == {ids["unreadable"]: "unreadable", ids["running"]: "running",
-                       ids["failed"]: "failed"}
+                       ids["failed"]: "failed"} | not_started
     summary = json.loads((tmp_path / "out" / "collapse.json").read_text())["inputs"]
-    assert (summary["n_found"], summary["n_skipped"]) == (summary["n_used"] + 3, 3)
+    assert (summary["n_found"], summary["n_skipped"]) == (summary["n_used"] + 6, 6)
+    assert "1234abcd" not in err and "_temporary" not in err
     collapse = json.loads((tmp_path / "out" / "collapse.json").read_text())["collapse"][0]
     assert sorted(collapse["diverged"]) == [[3.0, l2] for l2 in (1e-4, 3e-4, 1e-3, 3e-3)]
     assert "fig6_control_heatmaps not drawn" in "".join(page.text)
@@ -271,8 +277,9 @@ def test_module_runs_without_torch_or_ray():
     assert "--results" in out.stdout and "HEAVY []" in out.stdout, out.stderr
 
 
-def test_single_seed_uses_the_point_bootstrap(tmp_path):
+def test_single_seed_uses_the_residual_bootstrap(tmp_path):
     write_sweep(tmp_path / "r", SyntheticSweep(error, seeds=(0,), steps_per_epoch=20_000))
     assert main(["--results", str(tmp_path / "r"), "--bootstrap", "30", "--no-figures"]) == 0
     row = json.loads((tmp_path / "r" / "report" / "collapse.json").read_text())["collapse"][0]
-    assert row["bootstrap"] == "points" and np.isfinite(row["s"])
+    assert row["bootstrap"] == "residuals" and abs(row["s"] - 1) < 0.1
+    assert row["ci_low"] < row["s"] < row["ci_high"]
