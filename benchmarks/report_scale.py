@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def main() -> None:
     print(f"report: checks + figures + files          {t3 - t2:7.2f} s")
     print(f"report total (import + load + write)      {total:7.2f} s  = {total / floor:.1f} x floor"
           f"  (target < 10 x and < 60 s: {'met' if total < 10 * floor and total < 60 else 'MISSED'})")
+    if args.keep is None:
+        shutil.rmtree(root)
 
 
 if __name__ == "__main__":
