@@ -69,9 +69,15 @@ class ResultStore:
         self._fs: pafs.FileSystem | None = None
         self._base = ""
 
+    def __getstate__(self) -> dict[str, Any]:  # each process opens its own filesystem
+        return {"root": self.root, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], state["name"])
+
     @property
     def fs(self) -> pafs.FileSystem:
-        if self._fs is None:  # created lazily: the store is pickled into Ray workers
+        if self._fs is None:
             self._fs, base = pafs.FileSystem.from_uri(self.root)
             self._base = f"{base.rstrip('/')}/{self.name}"
         return self._fs

@@ -46,6 +46,7 @@ class SweepOptions:
     num_cpus: int | None = None          # embedded local instance only
     overrides: dict[str, Any] = field(default_factory=dict)   # execution fields for every trial
     progress_interval: float = 30.0
+    progress: bool = True                   # print live progress lines
     grid_source: str = ""
 
 
@@ -121,8 +122,10 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
                              checkpoint_every=opts.checkpoint_every),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     path = f"{opts.storage}/{opts.name}"
-    callbacks = [FailedTrialWriter(store, opts.overrides), Progress(opts.progress_interval),
+    callbacks = [FailedTrialWriter(store, opts.overrides),
                  CSVLoggerCallback()]  # one small progress.csv per trial, for Tune's ResultGrid
+    if opts.progress:
+        callbacks.append(Progress(opts.progress_interval))
     if Tuner.can_restore(path):
         print(f"resuming sweep '{opts.name}' from {path}", flush=True)
         tuner = Tuner.restore(path, trainable=trainable, resume_errored=True)
