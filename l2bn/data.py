@@ -20,6 +20,7 @@ BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 IMAGES_PER_FILE = 10_000
+SUBSET_SEED = 20170616  # fixed: n_train/n_test pick the same images in every trial
 # Per-channel mean/std of the CIFAR-10 training images, in pixel units (0..255).
 MEAN = (125.31, 122.95, 113.87)
 STD = (62.99, 62.09, 66.70)
@@ -42,8 +43,17 @@ class Split:
     def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
-    def head(self, n: int | None) -> Split:
-        return self if n is None else Split(self.images[:n], self.labels[:n])
+    def subset(self, n: int | None) -> Split:
+        """A fixed random n-image subset (the same for every trial), or all images.
+
+        Random rather than the first n because a copy may be sorted by class (the test set
+        of the project's offline copy is), which would make a prefix a one-class subset.
+        """
+        if n is None or n >= len(self):
+            return self
+        gen = torch.Generator().manual_seed(SUBSET_SEED)
+        idx = torch.randperm(len(self), generator=gen)[:n].sort().values
+        return Split(self.images[idx], self.labels[idx])
 
 
 def default_cache_dir() -> Path:
@@ -124,9 +134,9 @@ def _load_cpu(source: str, data_dir: str | None) -> tuple[Split, Split]:
 
 def load_cifar10(source: str, data_dir: str | None, device: torch.device,
                  n_train: int | None = None, n_test: int | None = None) -> tuple[Split, Split]:
-    """(train, test) on `device` as uint8 tensors, optionally the first n images of each."""
+    """(train, test) on `device` as uint8 tensors, optionally a fixed n-image subset of each."""
     train, test = _load_cpu(source, None if data_dir is None else str(data_dir))
-    return train.head(n_train).to(device), test.head(n_test).to(device)
+    return train.subset(n_train).to(device), test.subset(n_test).to(device)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,12 @@ def test_download_goes_to_cache_under_a_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("L2BN_CACHE", str(tmp_path / "cache"))
     assert data.download_cifar10() == tmp_path / "cache"
     assert calls == [(str(tmp_path / "cache"), True, True, True)]
+
+
+def test_subsets_are_fixed_and_class_balanced_even_on_sorted_data():
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, like a sorted copy
+    split = Split(torch.zeros(1000, 3, 32, 32, dtype=torch.uint8), labels)
+    sub = split.subset(200)
+    assert len(sub) == 200 and torch.equal(sub.labels, split.subset(200).labels)
+    assert torch.bincount(sub.labels, minlength=10).min() >= 8  # every class is represented
+    assert split.subset(None) is split and split.subset(5000) is split
