@@ -9,6 +9,7 @@ import torch
 from l2bn.data import (
     BATCH_DIR,
     DataError,
+    Split,
     augment,
     epoch_batches,
     load_cifar10,
