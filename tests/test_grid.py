@@ -104,7 +104,8 @@ def test_cpu_grid_covers_the_study_in_small():
     assert not any(r["norm"] == "none" and (r["update"] == "projection"
                                             or r["l2_scope"] == "normalized") for r in rows)
     assert all(r["data"] == "cifar10" for r in rows)
-    assert len(trials) == 128
+    # 2 optimizers x 4 lr x 6 l2 x 3 batch-norm arms + 2 x 4 x 4 norm=none control points
+    assert len(trials) == 2 * 4 * 6 * 3 + 2 * 4 * 4 == 176
 
 
 def test_by_axis_picks_values_per_optimizer(tmp_path):
