@@ -207,13 +207,6 @@ def add_derived(trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def conv_fan_in(layer: str, width) -> np.ndarray:
-    """Fan-in of one output unit of a conv layer (3x3 kernels; channels 3 -> w -> 2w -> 4w,
-    as in l2bn/model.py, which the analysis must not import: it pulls in torch)."""
-    channels_in = {"conv1": 3, "conv2": width, "conv3": 2 * np.asarray(width)}[layer]
-    return 9 * np.asarray(channels_in, dtype=float)
-
-
 def relaxation(trials: pd.DataFrame, optimizer: str) -> np.ndarray:
     """theory.relaxation_steps per trial; for adam from each conv layer's fan-in and measured
     gradient norm at unit weight norm (last epoch), the slowest layer counting."""
@@ -222,7 +215,7 @@ def relaxation(trials: pd.DataFrame, optimizer: str) -> np.ndarray:
     if optimizer != "adam" or not all(g in trials for g in grads):
         return theory.relaxation_steps(optimizer, lr, l2, momentum_of(optimizer))
     width = trials["width"].to_numpy(float)
-    per_layer = [theory.relaxation_steps(optimizer, lr, l2, 0.0, fan_in=conv_fan_in(layer, width),
+    per_layer = [theory.relaxation_steps(optimizer, lr, l2, 0.0, fan_in=theory.conv_fan_in(layer, width),
                                          grad_norm_unit=trials[g].to_numpy(float))
                  for layer, g in zip(CONV_LAYERS, grads, strict=True)]
     return np.max(per_layer, axis=0)

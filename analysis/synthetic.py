@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from l2bn import theory
 from l2bn.config import TrialConfig
 
-from .load import CHANCE_ERROR, LAYERS, conv_fan_in
+from .load import CHANCE_ERROR, LAYERS
 
 ErrorFn = Callable[[str, str, str, float, float], float]  # (optimizer, norm, update, lr, l2)
 PROVENANCE = {"l2bn_version": "0.1.0", "torch_version": "synthetic",
@@ -56,7 +56,7 @@ class SyntheticSweep:
 def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
     """Per-layer metric columns at a given step (SGD picture: norm relaxes to equilibrium)."""
     row: dict[str, float] = {}
-    fan_ins = {layer: float(conv_fan_in(layer, cfg.width)) for layer in LAYERS[:3]}
+    fan_ins = {layer: float(theory.conv_fan_in(layer, cfg.width)) for layer in LAYERS[:3]}
     wd = 2 * cfg.l2
     for layer in LAYERS:
         if cfg.update == "projection" and cfg.norm != "none" and layer != "fc":

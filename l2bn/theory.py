@@ -13,6 +13,14 @@ SGD_FAMILY = ("sgd", "momentum")
 ADAM_FAMILY = ("adam", "adamw")
 
 
+def conv_fan_in(layer: str, width):
+    """Fan-in d of one output unit of the ConvNet's conv layers (3x3 kernels, channels
+    3 -> w -> 2w -> 4w; l2bn/model.py, checked against it in the tests). Torch-free, so the
+    analysis can use it."""
+    channels_in = {"conv1": 3, "conv2": width, "conv3": 2 * np.asarray(width)}[layer]
+    return 9 * np.asarray(channels_in, dtype=float)
+
+
 def weight_decay(l2):
     """PyTorch-style weight decay for the paper's penalty l2*||w||^2: its gradient is 2*l2*w."""
     return 2.0 * np.asarray(l2, dtype=float)

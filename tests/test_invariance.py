@@ -91,3 +91,12 @@ def test_gradient_scales_inversely_and_is_orthogonal(norm):
     for name in weights:
         torch.testing.assert_close(g2[name], g1[name] / a, rtol=1e-6, atol=1e-12)
         assert g1[name].norm() > 0
+
+
+@pytest.mark.parametrize("width", [4, 16])
+def test_theory_fan_in_matches_the_model(width):
+    from l2bn.theory import conv_fan_in
+
+    model = ConvNet("batch", width=width)
+    for name, w in normalized_weights(model).items():
+        assert conv_fan_in(name, width) == w[0].numel()
