@@ -122,7 +122,12 @@ def load_results(uri: str) -> Results:
                            f"{uri}/trials/ and {uri}/history/")
     trials, bad_trials = read_tables(fs, trial_paths)
     history, bad_history = read_tables(fs, history_paths)
-    trials, skipped = select_trials(trials, history, bad_trials, set(history_paths))
+    # Ids come from the rows, so a compacted file holding many trials reads the same as one
+    # file per trial; an unreadable file can only be named by its file name.
+    history_ids = set(history["trial_id"]) if "trial_id" in history else set()
+    row_ids = history_ids | (set(trials["trial_id"]) if "trial_id" in trials else set())
+    trials, skipped = select_trials(trials, history, bad_trials, history_ids | set(bad_history))
+    not_started = [t for t in not_started if t not in row_ids]
     skipped = sorted(skipped + [(t, "not_started", "in the grid (sweep.json) but no result "
                                  "file yet") for t in not_started])
     warnings = [f"trial {t}: history not usable ({r}); its dynamics are not plotted"

@@ -188,3 +188,19 @@ def test_seed_bootstrap_interval_covers_the_truth():
         f = fit.fit_slope(lr, l2, errors, 100, np.random.default_rng(rep))
         hits += f.ci_low <= 1.0 <= f.ci_high
     assert hits >= 24
+
+
+def test_compacted_files_read_like_one_file_per_trial(tmp_path):
+    """results/ ships each dataset as one compacted file: same trials, nothing skipped."""
+    import pandas as pd
+
+    per_trial = tmp_path / "per_trial"
+    write_sweep(per_trial, SyntheticSweep(lambda o, n, u, lr, l2: 0.5, seeds=(0,)))
+    compact = tmp_path / "compact"
+    for kind in ("trials", "history"):
+        (compact / kind).mkdir(parents=True)
+        pd.read_parquet(per_trial / kind).to_parquet(compact / kind / "all.parquet")
+    a, b = load_results(str(per_trial)), load_results(str(compact))
+    assert b.skipped == [] and a.skipped == []
+    assert list(b.trials["trial_id"]) == list(a.trials["trial_id"]) and len(a.trials) == 25
+    assert len(b.history) == len(a.history) == 25 * 3
