@@ -192,14 +192,15 @@ def test_seed_bootstrap_interval_covers_the_truth():
 
 def test_compacted_files_read_like_one_file_per_trial(tmp_path):
     """results/ ships each dataset as one compacted file: same trials, nothing skipped."""
-    import pandas as pd
+    from analysis.compact import main as compact_main
 
     per_trial = tmp_path / "per_trial"
     write_sweep(per_trial, SyntheticSweep(lambda o, n, u, lr, l2: 0.5, seeds=(0,)))
     compact = tmp_path / "compact"
-    for kind in ("trials", "history"):
-        (compact / kind).mkdir(parents=True)
-        pd.read_parquet(per_trial / kind).to_parquet(compact / kind / "all.parquet")
+    assert compact_main(["--results", str(per_trial), "--out", str(compact)]) == 0
+    assert [p.name for p in (compact / "history").iterdir()] == ["per_trial.parquet"]
+    with pytest.raises(SystemExit, match="exists; not overwriting"):
+        compact_main(["--results", str(per_trial), "--out", str(compact)])
     a, b = load_results(str(per_trial)), load_results(str(compact))
     assert b.skipped == [] and a.skipped == []
     assert list(b.trials["trial_id"]) == list(a.trials["trial_id"]) and len(a.trials) == 25

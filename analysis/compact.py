@@ -1,0 +1,57 @@
+"""Compact a finished sweep's one-file-per-trial results into one Parquet file per dataset.
+
+    python -m analysis.compact --results <storage>/<name> --out DIR
+
+writes DIR/trials/<name>.parquet and DIR/history/<name>.parquet (what `results/` ships in git:
+two small files instead of hundreds). `python -m analysis.report --results DIR` reads the
+compacted copy exactly like the original.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .load import list_parquet, open_results, read_tables
+
+KINDS = ("trials", "history")
+
+
+def compact(results: str, out: Path, name: str) -> dict[str, int]:
+    """Write one file per dataset under `out`; return the row count of each."""
+    fs, base = open_results(results)
+    counts = {}
+    for kind in KINDS:
+        frame, bad = read_tables(fs, list_parquet(fs, base, kind))
+        if bad:
+            first = next(iter(bad.values()))
+            raise SystemExit(f"error: {len(bad)} unreadable {kind} file(s), e.g. {first}")
+        frame = frame.sort_values(["trial_id", "epoch"] if kind == "history" else ["trial_id"])
+        target = out / kind / f"{name}.parquet"
+        if target.exists():
+            raise SystemExit(f"error: {target} exists; not overwriting it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), target,
+                       compression="zstd")
+        counts[kind] = len(frame)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.compact", description=__doc__)
+    parser.add_argument("--results", required=True, help="<storage>/<name> of a sweep")
+    parser.add_argument("--out", required=True, type=Path, help="folder for trials/ and history/")
+    parser.add_argument("--name", default=None, help="file stem (default: the sweep's name)")
+    args = parser.parse_args(argv)
+    name = args.name or Path(args.results.rstrip("/")).name
+    counts = compact(args.results, args.out, name)
+    print(f"wrote {args.out}/trials/{name}.parquet ({counts['trials']} rows) and "
+          f"{args.out}/history/{name}.parquet ({counts['history']} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
