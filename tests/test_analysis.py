@@ -160,7 +160,9 @@ def test_spline_recovers_a_cubic_exactly():
     (1.20, 1.10, 1.30, 0.95, "FAIL", "theory s=1 outside [1.100, 1.300] +- 0.05"),
     (1.08, 1.04, 1.10, 0.95, "PASS", "all criteria met"),  # 1 lies within the 0.05 slack
     (1.08, 1.06, 1.10, 0.95, "FAIL", "outside"),  # ... and here it does not
-    (1.00, 0.20, 1.80, 0.95, "INSUFFICIENT", "wider than 0.5"),
+    (1.00, 0.20, 1.80, 0.95, "INSUFFICIENT", "holds both s = 1/2 and s = 1"),
+    (1.00, 0.54, 1.30, 0.95, "INSUFFICIENT", "holds both"),  # 1/2 within the 0.05 slack
+    (1.06, 0.84, 1.34, 0.95, "PASS", "all criteria met"),  # wide, but excludes s = 1/2
     (1.00, 0.95, 1.05, 0.30, "FAIL", "adjusted R^2_1D"),
 ])
 def test_collapse_verdict_rules(s, low, high, r2_1d, verdict, why):
