@@ -132,7 +132,7 @@ def load_results(uri: str) -> Results:
                                  "file yet") for t in not_started])
     warnings = [f"trial {t}: history not usable ({r}); its dynamics are not plotted"
                 for t, r in sorted(bad_history.items()) if t in set(trials.get("trial_id", []))]
-    n_found = len(known) + len(not_started)
+    n_found = len(row_ids | set(bad_trials) | set(bad_history)) + len(not_started)
     if trials.empty:
         reasons = "; ".join(f"{t}: {r}" for t, _, r in skipped[:5])
         raise ResultsError(f"no usable trials under {uri} ({n_found} found, all skipped: "
