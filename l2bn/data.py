@@ -69,7 +69,8 @@ def read_batch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise DataError(f"{path}: file is missing (expected the cifar-10-batches-py layout)") from None
     except Exception as exc:  # truncated or not a pickle at all
-        raise DataError(f"{path}: not a readable CIFAR-10 batch pickle ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{path}: not a readable CIFAR-10 batch pickle ({reason})") from None
     if not isinstance(entry, dict) or "data" not in entry or "labels" not in entry:
         keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise DataError(f"{path}: expected a dict with keys 'data' and 'labels', got {keys}")
