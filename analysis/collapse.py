@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
+from l2bn.theory import CONV_LAYERS
 
 from .fit import CI_LEVEL, MAX_DOF, POINTS_PER_DOF, S_GRID, adjusted_r2, fit_slope
-from .load import CHANCE_ERROR, CONV_LAYERS, Results
+from .load import CHANCE_ERROR, Results
 
 MIN_POINTS = 6  # fewer equilibrated points than this: INSUFFICIENT
 MIN_DISTINCT = 3  # ... or fewer distinct lr or l2 values than this

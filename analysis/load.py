@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 
 from l2bn import theory
 from l2bn.config import TrialConfig
+from l2bn.theory import CONV_LAYERS
 
-LAYERS = ("conv1", "conv2", "conv3", "fc")
-CONV_LAYERS = LAYERS[:3]
 CHANCE_ERROR = 0.9  # test error of a 10-class guess: what a diverged trial shows as in plots
 DEFAULT_N_TRAIN = 50_000
 # Config fields besides (optimizer, norm, update, lr, l2, seed) that define a separate setting

@@ -22,8 +22,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from l2bn import theory  # noqa: E402
+from l2bn.theory import LAYERS  # noqa: E402
 
-from .load import CHANCE_ERROR, LAYERS  # noqa: E402
+from .load import CHANCE_ERROR  # noqa: E402
 
 PANEL = (3.2, 2.7)  # inches per panel
 MAX_COLS = 4

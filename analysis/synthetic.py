@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 
 from l2bn import theory
 from l2bn.config import TrialConfig
+from l2bn.theory import LAYERS
 
-from .load import CHANCE_ERROR, LAYERS
+from .load import CHANCE_ERROR
 
 ErrorFn = Callable[[str, str, str, float, float], float]  # (optimizer, norm, update, lr, l2)
 PROVENANCE = {"l2bn_version": "0.1.0", "torch_version": "synthetic",

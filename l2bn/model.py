@@ -5,8 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-CONV_LAYERS = ("conv1", "conv2", "conv3")
-CLASSIFIER = "fc"
+from .theory import CLASSIFIER, CONV_LAYERS, LAYERS
 
 
 def _norm_layer(norm: str, channels: int) -> nn.Module:
@@ -88,5 +87,4 @@ def decayed_weights(model: ConvNet, scope: str) -> dict[str, torch.nn.Parameter]
     """Weights that get L2: all conv + classifier weights, or only the normalized ones."""
     if scope == "normalized":
         return normalized_weights(model)
-    names = CONV_LAYERS + (CLASSIFIER,)
-    return {name: layer_weight(model, name) for name in names}
+    return {name: layer_weight(model, name) for name in LAYERS}

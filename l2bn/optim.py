@@ -13,8 +13,7 @@ import torch
 
 from .config import TrialConfig
 from .model import ConvNet, decayed_weights, normalized_weights, scale_groups, whole_layer_group
-
-ADAM_BETAS = (0.9, 0.999)
+from .theory import ADAM_BETAS
 
 
 def param_groups(model: ConvNet, cfg: TrialConfig) -> list[dict]:

@@ -7,10 +7,18 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:  # torch is imported where it is used: sweeps' --dry-run reads PROVENANCE only
+    import torch
+
+# The provenance columns of every result row; the last two describe the machine a trial ran on.
+PROVENANCE = ("l2bn_version", "torch_version", "torchvision_version", "python_version",
+              "device_name", "hostname", "git_rev")
+# What a driver can vouch for about a trial that never ran (not the machine it would have used).
+VERSIONS = tuple(k for k in PROVENANCE if k not in ("device_name", "hostname"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,12 +37,16 @@ def git_revision() -> str:
 def device_name(device: torch.device) -> str:
     """GPU model name on CUDA, else the CPU's architecture."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return f"cpu-{platform.machine()}"
 
 
 def run_info(device: torch.device) -> dict[str, str]:
     """Columns that make a row explain itself."""
+    import torch
+
     try:
         import torchvision
         tv = torchvision.__version__

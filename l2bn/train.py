@@ -16,16 +16,10 @@ import torch.nn.functional as F
 from .config import ConfigError, TrialConfig
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
-from .model import (
-    CLASSIFIER,
-    CONV_LAYERS,
-    ConvNet,
-    layer_weight,
-    normalized_weights,
-    whole_layer_group,
-)
+from .model import ConvNet, layer_weight, normalized_weights, whole_layer_group
 from .optim import after_step, build_optimizer, project_
 from .provenance import run_info
+from .theory import LAYERS
 
 Row = dict[str, Any]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
@@ -57,7 +51,7 @@ class Trial:
             project_(self.model)  # start on the unit sphere, as every later step will be
         self.optimizer = build_optimizer(self.model, cfg)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.weights = {n: layer_weight(self.model, n) for n in CONV_LAYERS + (CLASSIFIER,)}
+        self.weights = {n: layer_weight(self.model, n) for n in LAYERS}
         self.normalized = set(normalized_weights(self.model))
         whole = {n for n in self.weights if whole_layer_group(self.model, n)}
         self.tracker = UpdateTracker(self.weights, whole)

@@ -10,11 +10,9 @@ import torch
 from ray.tune import Callback
 
 from l2bn.config import TrialConfig
-from l2bn.provenance import run_info
+from l2bn.provenance import VERSIONS, run_info
 
 from .results import HISTORY, ResultStore, Row
-
-_VERSIONS = ("l2bn_version", "torch_version", "torchvision_version", "python_version", "git_rev")
 
 
 def _trial_cfg(trial: Any) -> TrialConfig:
@@ -34,7 +32,7 @@ class FailedTrialWriter(Callback):
         if row is None:  # failed before its first epoch: config and the driver's versions
             info_now = run_info(torch.device("cpu"))
             row = {**cfg.to_row(), "trial_id": cfg.trial_id,
-                   **{k: info_now[k] for k in _VERSIONS}}
+                   **{k: info_now[k] for k in VERSIONS}}
         self.store.write_trial(row, "failed", wall_time_s=None, error=_error_text(trial))
 
     def _last_row(self, trial_id: str) -> Row | None:

@@ -22,15 +22,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from l2bn.config import TrialConfig
+from l2bn.provenance import PROVENANCE
+from l2bn.theory import LAYERS
 
 Row = dict[str, Any]
 HISTORY, TRIALS, META_FILE = "history", "trials", "sweep.json"
 STATUSES = ("completed", "diverged", "failed")
-LAYERS = ("conv1", "conv2", "conv3", "fc")
 LAYER_METRICS = ("w_norm", "unit_norm", "rel_update", "angular_update", "grad_norm_unit",
                  "eff_lr", "pred_angular_update")
-PROVENANCE = ("l2bn_version", "torch_version", "torchvision_version", "python_version",
-              "device_name", "hostname", "git_rev")
 
 _ARROW = {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
 
