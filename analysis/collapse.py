@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
-from l2bn.theory import CONV_LAYERS
+from l2bn.schema import CONV_LAYERS
 
 from .fit import CI_LEVEL, MAX_DOF, POINTS_PER_DOF, S_GRID, adjusted_r2, fit_slope
 from .load import CHANCE_ERROR, Results

@@ -15,9 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from l2bn.schema import HISTORY, TRIALS
+
 from .load import list_parquet, open_results, read_tables
 
-KINDS = ("trials", "history")
+KINDS = (TRIALS, HISTORY)
 
 
 def compact(results: str, out: Path, name: str) -> dict[str, int]:
@@ -29,7 +31,7 @@ def compact(results: str, out: Path, name: str) -> dict[str, int]:
         if bad:
             first = next(iter(bad.values()))
             raise SystemExit(f"error: {len(bad)} unreadable {kind} file(s), e.g. {first}")
-        frame = frame.sort_values(["trial_id", "epoch"] if kind == "history" else ["trial_id"])
+        frame = frame.sort_values(["trial_id", "epoch"] if kind == HISTORY else ["trial_id"])
         target = out / kind / f"{name}.parquet"
         if target.exists():
             raise SystemExit(f"error: {target} exists; not overwriting it")

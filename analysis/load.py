@@ -1,7 +1,7 @@
 """Read a sweep's Parquet results into DataFrames, with the derived columns added once.
 
-Layout written by the sweep runner: `<results>/history/<trial_id>.parquet` (one row per epoch)
-and `<results>/trials/<trial_id>.parquet` (one final row). `<results>` is a local path or a
+Layout (l2bn/schema.py): `<results>/history/<trial_id>.parquet` (one row per epoch) and
+`<results>/trials/<trial_id>.parquet` (one final row). `<results>` is a local path or a
 URI that pyarrow.fs understands (s3://, gs://, file://). Files are read one by one so that one
 unreadable file, a trial still running or a failed trial is skipped with a reason, not fatal.
 """
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from l2bn import theory
 from l2bn.config import TrialConfig
-from l2bn.theory import CONV_LAYERS
+from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS
 
 CHANCE_ERROR = 0.9  # test error of a 10-class guess: what a diverged trial shows as in plots
 DEFAULT_N_TRAIN = 50_000
@@ -31,7 +31,6 @@ SETTING_COLUMNS = ("l2_scope", "width", "epochs", "batch_size", "n_train", "n_te
                    "augment", "data")
 USED_STATUSES = ("completed", "diverged")
 READ_THREADS = 8
-META_FILE = "sweep.json"  # written by sweeps/run_grid.py: the grid's trial ids
 
 
 class ResultsError(Exception):
@@ -112,7 +111,7 @@ def load_results(uri: str) -> Results:
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise ResultsError(f"results path not found: {uri}")
-    trial_paths, history_paths = list_parquet(fs, base, "trials"), list_parquet(fs, base, "history")
+    trial_paths, history_paths = list_parquet(fs, base, TRIALS), list_parquet(fs, base, HISTORY)
     known = set(trial_paths) | set(history_paths)
     not_started = sorted(set(grid_trial_ids(fs, base)) - known)
     if not known:

@@ -22,7 +22,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from l2bn import theory  # noqa: E402
-from l2bn.theory import LAYERS  # noqa: E402
+from l2bn.schema import LAYERS  # noqa: E402
 
 from .load import CHANCE_ERROR  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 The final test error of each grid point is a function the caller chooses (e.g. of lr*l2),
 plus Gaussian seed noise; the per-layer dynamics follow the SGD equilibrium picture of
-THEORY.md (weight norm relaxing to its equilibrium over relaxation_steps).
+docs/theory.md (weight norm relaxing to its equilibrium over relaxation_steps).
 """
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from l2bn import theory
+from l2bn import __version__, theory
 from l2bn.config import TrialConfig
-from l2bn.theory import LAYERS
+from l2bn.schema import LAYERS, Row, config_columns, diverged_row, final_row
+from l2bn.store import ResultStore
 
 from .load import CHANCE_ERROR
 
 ErrorFn = Callable[[str, str, str, float, float], float]  # (optimizer, norm, update, lr, l2)
-PROVENANCE = {"l2bn_version": "0.1.0", "torch_version": "synthetic",
+PROVENANCE = {"l2bn_version": __version__, "torch_version": "synthetic",
               "torchvision_version": "synthetic", "python_version": "3", "device_name": "none",
               "hostname": "synthetic", "git_rev": "synthetic"}
 GRAD_NORM_UNIT = 1.0
@@ -58,7 +57,7 @@ def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
     """Per-layer metric columns at a given step (SGD picture: norm relaxes to equilibrium)."""
     row: dict[str, float] = {}
     fan_ins = {layer: float(theory.conv_fan_in(layer, cfg.width)) for layer in LAYERS[:3]}
-    wd = 2 * cfg.l2
+    wd = cfg.weight_decay
     for layer in LAYERS:
         if cfg.update == "projection" and cfg.norm != "none" and layer != "fc":
             norm = 1.0
@@ -83,44 +82,43 @@ def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
 
 
 def trial_rows(cfg: TrialConfig, final_error: float, diverged: bool,
-               steps_per_epoch: int) -> tuple[list[dict], dict]:
-    """(history rows, trials row) for one trial in the runner's schema."""
-    base = {**cfg.to_row(), "trial_id": cfg.trial_id, **PROVENANCE}
+               steps_per_epoch: int) -> list[Row]:
+    """History rows of one trial in the runner's schema; a diverged trial's last epoch is a
+    diverged row (nothing measured), as the trainer writes it."""
     history = []
     for epoch in range(1, cfg.epochs + 1):
         step = epoch * steps_per_epoch
         error = final_error + (CHANCE_ERROR - final_error) * (0.5 ** (epoch - 1)) * 0.5
         error = final_error if epoch == cfg.epochs else error
-        history.append({**base, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+        history.append({**config_columns(cfg), "epoch": epoch, "step": step,
+                        "steps_per_epoch": steps_per_epoch,
                         "train_images": steps_per_epoch * cfg.batch_size,
                         "train_loss": 2 * error, "train_error": 0.9 * error,
                         "test_loss": 2.2 * error, "test_error": error,
                         "epoch_time_s": 1.0, "time_s": float(epoch), "images_per_s": 1e4,
-                        "diverged": False, **layer_columns(cfg, step)})
+                        "diverged": False, **layer_columns(cfg, step), **PROVENANCE})
     if diverged:
-        history[-1] = {**history[-1], "diverged": True,
-                       **{k: math.nan for k in ("train_loss", "test_loss", "test_error")}}
-    final = {**history[-1], "status": "diverged" if diverged else "completed",
-             "epochs_done": cfg.epochs, "error": None}
-    return history, final
+        history[-1] = diverged_row(cfg, cfg.epochs, history[-1]["step"], PROVENANCE)
+    return history
 
 
-def write_trial(root: Path, history: list[dict], final: dict) -> None:
-    """history/<id>.parquet and trials/<id>.parquet under root."""
-    trial_id = final["trial_id"]
-    for kind, rows in (("history", history), ("trials", [final])):
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), root / kind / f"{trial_id}.parquet")
+def write_trial(store: ResultStore, history: list[Row]) -> None:
+    """history/<id>.parquet and trials/<id>.parquet through the sweep runner's writer."""
+    store.write_history(history)
+    final = final_row(history)
+    status = "diverged" if final["diverged"] else "completed"
+    store.write_trial(final, status, wall_time_s=float(len(history)))
 
 
 def write_sweep(root: Path | str, sweep: SyntheticSweep, rng_seed: int = 0) -> list[str]:
     """Write every trial of the sweep under root; return the trial ids."""
-    root, rng = Path(root), np.random.default_rng(rng_seed)
+    root, rng = Path(root).resolve(), np.random.default_rng(rng_seed)
+    store = ResultStore(str(root.parent), root.name)
     ids = []
     for cfg in sweep.configs():
         mean = sweep.error(cfg.optimizer, cfg.norm, cfg.update, cfg.lr, cfg.l2)
         error = float(np.clip(mean + sweep.noise * rng.standard_normal(), 0.0, 1.0))
-        history, final = trial_rows(cfg, error, cfg.lr >= sweep.diverge_lr, sweep.steps_per_epoch)
-        write_trial(root, history, final)
+        history = trial_rows(cfg, error, cfg.lr >= sweep.diverge_lr, sweep.steps_per_epoch)
+        write_trial(store, history)
         ids.append(cfg.trial_id)
     return ids

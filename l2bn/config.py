@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import typing
 from dataclasses import dataclass, fields
 from typing import Any
+
+from .theory import weight_decay
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 NORMS = ("none", "batch", "weight", "layer", "instance")
@@ -85,8 +89,8 @@ class TrialConfig:
 
     @property
     def weight_decay(self) -> float:
-        """PyTorch's weight_decay for this l2: the gradient of lam*||w||^2 is 2*lam*w."""
-        return 2.0 * self.l2
+        """PyTorch's weight_decay for this l2 (theory.weight_decay: 2*l2)."""
+        return float(weight_decay(self.l2))
 
     @property
     def momentum(self) -> float:
@@ -94,21 +98,29 @@ class TrialConfig:
         return 0.9 if self.optimizer == "momentum" else 0.0
 
 
-_TYPES = {
-    "str": (str,), "float": (float, int), "int": (int,), "bool": (bool,),
-    "int | None": (int, type(None)), "str | None": (str, type(None)),
-}
+@functools.cache
+def field_types() -> dict[str, tuple[type, bool]]:
+    """Each TrialConfig field's base type and whether it may be None (the one type table:
+    validation, the CLI and the Parquet schema all read it)."""
+    out = {}
+    for name, hint in typing.get_type_hints(TrialConfig).items():
+        args = typing.get_args(hint)
+        base = next(a for a in args if a is not type(None)) if args else hint
+        out[name] = (base, type(None) in args)
+    return out
 
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     """Check the value's type against the field's annotation; ints become floats for floats."""
-    allowed = _TYPES[str(type_name)]
-    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    base, optional = field_types()[name]
+    allowed = (base, int) if base is float else (base,)
+    ok = (value is None and optional) or (
+        isinstance(value, allowed) and not (isinstance(value, bool) and base is not bool))
     if not ok:
         raise ConfigError(
             f"config field '{name}' must be of type {type_name}, got {value!r} "
             f"({type(value).__name__})")
-    return float(value) if type_name == "float" else value
+    return float(value) if base is float else value
 
 
 def _validate(cfg: TrialConfig) -> None:

@@ -84,13 +84,19 @@ def read_batch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def read_cifar10_dir(root: str | Path) -> tuple[Split, Split]:
-    """Load (train, test) from `root/cifar-10-batches-py` (or `root` if it is that folder)."""
+def batch_folder(root: str | Path) -> Path:
+    """`root/cifar-10-batches-py` (or `root` if it is that folder); DataError if there is none."""
     root = Path(root).expanduser()
     folder = root if root.name == BATCH_DIR else root / BATCH_DIR
     if not folder.is_dir():
         raise DataError(f"{root}: no '{BATCH_DIR}' directory here (data_dir must hold the "
                         "extracted cifar-10-python.tar.gz)")
+    return folder
+
+
+def read_cifar10_dir(root: str | Path) -> tuple[Split, Split]:
+    """Load (train, test) from `root/cifar-10-batches-py` (or `root` if it is that folder)."""
+    folder = batch_folder(root)
     train = [read_batch_file(folder / name) for name in TRAIN_FILES]
     test_x, test_y = read_batch_file(folder / TEST_FILE)
     train_x = np.concatenate([x for x, _ in train])
@@ -140,10 +146,16 @@ def load_cifar10(source: str, data_dir: str | None, device: torch.device,
     return train.subset(n_train).to(device), test.subset(n_test).to(device)
 
 
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEAN and STD as (1, 3, 1, 1) tensors, made once per device (not a host copy per step)."""
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(STD, device=device).view(1, 3, 1, 1))
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32, per-channel standardized."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import theory
-from .model import scale_groups
-from .optim import unit_norms
+from .model import scale_groups, unit_norms
 
 
 def angular_update(before: torch.Tensor, after: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from .theory import CLASSIFIER, CONV_LAYERS, LAYERS
+from .schema import CLASSIFIER, CONV_LAYERS, LAYERS
 
 
 def _norm_layer(norm: str, channels: int) -> nn.Module:
@@ -74,6 +74,11 @@ def whole_layer_group(model: ConvNet, name: str) -> bool:
 def scale_groups(weight: torch.Tensor, whole_layer: bool) -> torch.Tensor:
     """(G, D) view of a weight: one row per scale-invariant group (output unit or layer)."""
     return weight.reshape(1, -1) if whole_layer else weight.flatten(1)
+
+
+def unit_norms(weight: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:
+    """Norm of each scale-invariant group: output unit (row / output channel) or whole layer."""
+    return scale_groups(weight.detach(), whole_layer).norm(dim=1)
 
 
 def normalized_weights(model: ConvNet) -> dict[str, torch.nn.Parameter]:

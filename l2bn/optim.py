@@ -1,6 +1,6 @@
 """Optimizers by name, and the one place where L2 and the projection update are applied.
 
-Mapping of the paper's penalty l2*||w||^2 onto torch.optim (wd = 2*l2, THEORY.md):
+Mapping of the paper's penalty l2*||w||^2 onto torch.optim (wd = 2*l2, TrialConfig.weight_decay):
 - sgd, momentum, adam: `weight_decay=wd` in torch.optim adds wd*w to the gradient before
   momentum / Adam's normalization, i.e. exactly the gradient of the coupled L2 penalty.
 - adamw: `weight_decay=wd` is decoupled: w <- w - lr*wd*w after Adam's normalized step
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .config import TrialConfig
-from .model import ConvNet, decayed_weights, normalized_weights, scale_groups, whole_layer_group
+from .model import ConvNet, decayed_weights, normalized_weights, unit_norms, whole_layer_group
 from .theory import ADAM_BETAS
 
 
@@ -35,11 +35,6 @@ def build_optimizer(model: ConvNet, cfg: TrialConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=ADAM_BETAS)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
-
-
-def unit_norms(weight: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:
-    """Norm of each scale-invariant group: output unit (row / output channel) or whole layer."""
-    return scale_groups(weight.detach(), whole_layer).norm(dim=1)
 
 
 @torch.no_grad()

@@ -21,17 +21,27 @@ PROVENANCE = ("l2bn_version", "torch_version", "torchvision_version", "python_ve
 VERSIONS = tuple(k for k in PROVENANCE if k not in ("device_name", "hostname"))
 
 
+def _git(*args: str) -> str | None:
+    """stdout of a git command run in this package's checkout, or None."""
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str:
-    """$L2BN_GIT_REV (set by the sweep driver for its workers), else `git rev-parse HEAD`."""
+    """$L2BN_GIT_REV (set by the sweep driver for its workers), else `git rev-parse HEAD`,
+    with a `-dirty` suffix when tracked files had uncommitted changes."""
     if os.environ.get("L2BN_GIT_REV"):
         return os.environ["L2BN_GIT_REV"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
+    rev = _git("rev-parse", "HEAD")
+    if rev is None:
         return "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{rev}-dirty" if dirty else rev
 
 
 def device_name(device: torch.device) -> str:

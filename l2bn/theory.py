@@ -9,10 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 ADAM_BETAS = (0.9, 0.999)
-# The ConvNet's layers by name (l2bn/model.py builds them; result columns are prefixed by them).
-CONV_LAYERS = ("conv1", "conv2", "conv3")
-CLASSIFIER = "fc"
-LAYERS = CONV_LAYERS + (CLASSIFIER,)
 SGD_FAMILY = ("sgd", "momentum")
 ADAM_FAMILY = ("adam", "adamw")
 

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrialConfig
+from .config import ConfigError, TrialConfig, field_types
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
 from .model import ConvNet, layer_weight, normalized_weights, whole_layer_group
 from .optim import after_step, build_optimizer, project_
 from .provenance import run_info
-from .theory import LAYERS
+from .schema import LAYERS, config_columns, diverged_row, final_row
 
 Row = dict[str, Any]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
@@ -128,17 +128,25 @@ class Trial:
             err_sum += (logits.argmax(1) != labels).sum()
         return {"test_loss": float(loss_sum) / len(split), "test_error": float(err_sum) / len(split)}
 
+    @property
+    def done(self) -> bool:
+        """True once every epoch ran or the trial diverged."""
+        return self.epoch >= self.cfg.epochs or bool(self.history and self.history[-1]["diverged"])
+
     def run_epoch(self) -> Row:
-        """Train and evaluate one epoch; the row has diverged=True if training blew up."""
+        """Train and evaluate one epoch, append its history row and return it; the row has
+        diverged=True, and NaN for everything it did not measure, if training blew up."""
         start = time.perf_counter()
         train_stats = self.train_epoch()
         self.epoch += 1
         if train_stats is None:
-            return self._diverged_row()
+            row = diverged_row(self.cfg, self.epoch, self.step, self.info)
+            self.history.append(row)
+            return row
         self._sync()
         train_time = time.perf_counter() - start
-        row = {**self.cfg.to_row(), "trial_id": self.cfg.trial_id, "epoch": self.epoch,
-               "step": self.step, **train_stats, **self.evaluate(self.test_set),
+        row = {**config_columns(self.cfg), "epoch": self.epoch, "step": self.step,
+               **train_stats, **self.evaluate(self.test_set),
                **layer_metrics(self.cfg, self.weights, self.tracker, self.normalized)}
         epoch_time = time.perf_counter() - start
         self.elapsed += epoch_time
@@ -148,15 +156,9 @@ class Trial:
         self.history.append(row)
         return row
 
-    def _diverged_row(self) -> Row:
-        """The last finite metrics (NaN if none), flagged diverged, at the epoch it happened."""
-        last = self.history[-1] if self.history else self._nan_row()
-        return {**last, "epoch": self.epoch, "diverged": True}
-
-    def _nan_row(self) -> Row:
-        nan_keys = ("train_loss", "train_error", "test_loss", "test_error")
-        return {**self.cfg.to_row(), "trial_id": self.cfg.trial_id, "step": self.step,
-                **{k: math.nan for k in nan_keys}, "time_s": self.elapsed, **self.info}
+    def summary(self) -> Row:
+        """The trial's summary row (schema.final_row: last finite metrics if it diverged)."""
+        return final_row(self.history)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -166,7 +168,7 @@ class Trial:
 def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
           resume: dict[str, Any] | None = None,
           save_state: Callable[[dict[str, Any]], None] | None = None) -> Row:
-    """Run cfg.epochs epochs, calling report(row) after each; return the final row.
+    """Run cfg.epochs epochs, calling report(row) after each; return the summary row.
 
     `resume` is a dict from an earlier `save_state` call: training continues after its epoch.
     Divergence ends the trial at once with diverged=True; it never raises.
@@ -174,15 +176,12 @@ def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
     trial = Trial(cfg)
     if resume is not None:
         trial.load(resume)
-    row = trial.history[-1] if trial.history else {}
-    while trial.epoch < cfg.epochs:
+    while not trial.done:
         row = trial.run_epoch()
         if save_state is not None and not row["diverged"]:
             save_state(trial.state())
         report(row)
-        if row["diverged"]:
-            break
-    return row
+    return trial.summary() if trial.history else {}
 
 
 TABLE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error",
@@ -204,14 +203,13 @@ def format_row(row: Row, header: bool = False) -> str:
 def parse_args(argv: list[str] | None = None) -> TrialConfig:
     """Command-line flags, one per TrialConfig field."""
     parser = argparse.ArgumentParser(prog="python -m l2bn.train", description=__doc__)
-    kinds = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}
     for f in fields(TrialConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
+        base, _ = field_types()[f.name]
+        if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            parser.add_argument(flag, type=kinds[f.type], default=f.default,
-                                help=f"default: {f.default}")
+            parser.add_argument(flag, type=base, default=f.default, help=f"default: {f.default}")
     args = vars(parser.parse_args(argv))
     try:
         return TrialConfig.from_dict(args)

@@ -9,14 +9,11 @@ import pyarrow.parquet as pq
 import torch
 from ray.tune import Callback
 
-from l2bn.config import TrialConfig
 from l2bn.provenance import VERSIONS, run_info
+from l2bn.schema import HISTORY, Row, config_columns, final_row
+from l2bn.store import ResultStore
 
-from .results import HISTORY, ResultStore, Row
-
-
-def _trial_cfg(trial: Any) -> TrialConfig:
-    return TrialConfig.from_dict(trial.config["trial"])
+from .trainable import trial_config
 
 
 class FailedTrialWriter(Callback):
@@ -27,12 +24,11 @@ class FailedTrialWriter(Callback):
         self.overrides = dict(overrides or {})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        cfg = TrialConfig.from_dict({**trial.config["trial"], **self.overrides})
+        cfg = trial_config(trial.config, self.overrides)
         row = self._last_row(cfg.trial_id)
         if row is None:  # failed before its first epoch: config and the driver's versions
             info_now = run_info(torch.device("cpu"))
-            row = {**cfg.to_row(), "trial_id": cfg.trial_id,
-                   **{k: info_now[k] for k in VERSIONS}}
+            row = {**config_columns(cfg), **{k: info_now[k] for k in VERSIONS}}
         self.store.write_trial(row, "failed", wall_time_s=None, error=_error_text(trial))
 
     def _last_row(self, trial_id: str) -> Row | None:
@@ -41,7 +37,7 @@ class FailedTrialWriter(Callback):
             rows = pq.read_table(path, filesystem=self.store.fs).to_pylist()
         except (FileNotFoundError, OSError):
             return None
-        return rows[-1] if rows else None
+        return final_row(rows) if rows else None
 
 
 def _error_text(trial: Any, limit: int = 2000) -> str:
@@ -94,7 +90,7 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
-        cfg = _trial_cfg(trial)
+        cfg = trial_config(trial.config)
         what = "diverged" if r.get("diverged") else "done"
         err = r.get("test_error", float("nan"))
         self._print(f"{what} {cfg.trial_id} {cfg.optimizer} lr={cfg.lr:g} l2={cfg.l2:g} "
@@ -102,7 +98,7 @@ class Progress(Callback):
                     f"epoch {r.get('epoch', '?')}/{cfg.epochs} test_error={err:.4f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(f"FAILED {_trial_cfg(trial).trial_id}: {_error_text(trial, 300)}")
+        self._print(f"FAILED {trial_config(trial.config).trial_id}: {_error_text(trial, 300)}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()

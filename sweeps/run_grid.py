@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
+from l2bn.store import ResultStore  # noqa: E402
 from sweeps.grid import GridError, load_grid, parse_value, summary  # noqa: E402
-from sweeps.results import ResultStore  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE = 1, 130, 2
@@ -161,6 +161,11 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _default(name: str) -> Any:
+    """SweepOptions' default for a field: the one place sweep defaults are written."""
+    return SweepOptions.__dataclass_fields__[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python sweeps/run_grid.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,19 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: $L2BN_STORAGE or {DEFAULT_STORAGE})")
     p.add_argument("--data-dir", help="a local CIFAR-10 copy (holding cifar-10-batches-py) that "
                                       "exists on every node; default: download once per node")
-    p.add_argument("--address", default=None,
+    p.add_argument("--address", default=_default("address"),
                    help="Ray cluster to join ('auto' = the running one; also $RAY_ADDRESS); "
                         "default: start a local Ray instance")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries per trial (from its last epoch)")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+    p.add_argument("--cpus-per-trial", type=float, default=_default("cpus_per_trial"))
+    p.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
+                  help="fractions share a GPU, e.g. 0.25")
+    p.add_argument("--num-cpus", type=int, default=_default("num_cpus"),
+                  help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--max-failures", type=int, default=_default("max_failures"),
+                  help="retries per trial (from its last epoch)")
+    p.add_argument("--checkpoint-every", type=int, default=_default("checkpoint_every"), metavar="EPOCHS",
                    help="epochs between checkpoints (a retried trial resumes from the last one)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial")
+    p.add_argument("--keep-checkpoints", type=int, default=_default("keep_checkpoints"),
+                  help="checkpoints kept per trial")
     p.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
                    help="start a fresh worker process per trial")
-    p.add_argument("--progress-interval", type=float, default=30.0, help="seconds between status lines")
+    p.add_argument("--progress-interval", type=float, default=_default("progress_interval"),
+                  help="seconds between status lines")
     return p
 
 
@@ -206,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS")
     data_dir = overrides.get("data_dir")
-    if data_dir and not address and not _looks_like_cifar(data_dir):
-        print(f"error: --data-dir {data_dir}: no cifar-10-batches-py folder there", file=sys.stderr)
-        return EXIT_USAGE
+    if data_dir and not address:
+        from l2bn.data import DataError, batch_folder
+        try:
+            batch_folder(data_dir)
+        except DataError as exc:
+            print(f"error: --data-dir {exc}", file=sys.stderr)
+            return EXIT_USAGE
     opts = SweepOptions(
         name=args.name or grid.name, storage=storage_root(args.storage), address=address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -241,11 +255,6 @@ def report_outcome(outcome: SweepOutcome) -> int:
         print(f"failed trials (see the 'error' column): {failed[:10]}", file=sys.stderr)
         return EXIT_FAILED
     return 0
-
-
-def _looks_like_cifar(path: str) -> bool:
-    p = Path(path)
-    return (p / "cifar-10-batches-py").is_dir() or (p.name == "cifar-10-batches-py" and p.is_dir())
 
 
 if __name__ == "__main__":

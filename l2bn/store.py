@@ -4,60 +4,23 @@ One file per trial, named by the config's stable `trial_id`, so a retried or res
 overwrites its own file and never duplicates rows. Each file is written whole: to a hidden
 temporary name and renamed on local/NFS paths, as one object PUT on s3:// and gs:// (atomic
 per object), so a reader never sees a partial file. Readers (pyarrow.dataset, pandas) skip
-names starting with "." or "_", i.e. the temporary files. Every file has the same columns,
-in the same order and types (missing ones null), so the directory reads as one dataset.
+names starting with "." or "_", i.e. the temporary files. Every file has the schema of
+l2bn/schema.py, in the same column order and types (missing ones null), so the directory
+reads as one dataset. Torch-free: the sweep driver and the analysis use it too.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import fields
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from l2bn.config import TrialConfig
-from l2bn.provenance import PROVENANCE
-from l2bn.theory import LAYERS
-
-Row = dict[str, Any]
-HISTORY, TRIALS, META_FILE = "history", "trials", "sweep.json"
-STATUSES = ("completed", "diverged", "failed")
-LAYER_METRICS = ("w_norm", "unit_norm", "rel_update", "angular_update", "grad_norm_unit",
-                 "eff_lr", "pred_angular_update")
-
-_ARROW = {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
-
-
-def _arrow_type(annotation: object) -> pa.DataType:
-    """'int', 'int | None' or 'int | None' -> int64 (nullable in Parquet either way)."""
-    base = re.sub(r"Optional\[(\w+)\]|(\w+) \| None", r"\1\2", str(annotation))
-    return _ARROW[base]
-
-
-CONFIG_SCHEMA = [pa.field(f.name, _arrow_type(f.type)) for f in fields(TrialConfig)]
-_F, _I = pa.float64(), pa.int64()
-HISTORY_SCHEMA = pa.schema(
-    CONFIG_SCHEMA
-    + [pa.field("trial_id", pa.string()), pa.field("epoch", _I), pa.field("step", _I),
-       pa.field("train_loss", _F), pa.field("train_error", _F),
-       pa.field("steps_per_epoch", _I), pa.field("train_images", _I),
-       pa.field("test_loss", _F), pa.field("test_error", _F)]
-    + [pa.field(f"{layer}_{m}", _F) for layer in LAYERS for m in LAYER_METRICS]
-    + [pa.field("epoch_time_s", _F), pa.field("time_s", _F), pa.field("images_per_s", _F),
-       pa.field("diverged", pa.bool_())]
-    + [pa.field(k, pa.string()) for k in PROVENANCE]
-    + [pa.field("sweep", pa.string())])
-TRIALS_SCHEMA = pa.schema(
-    list(HISTORY_SCHEMA)
-    + [pa.field("status", pa.string()), pa.field("error", pa.string()),
-       pa.field("wall_time_s", _F), pa.field("epochs_done", _I),
-       pa.field("finished_at", pa.timestamp("ms", tz="UTC"))])
+from .schema import HISTORY, HISTORY_SCHEMA, META_FILE, STATUSES, TRIALS, TRIALS_SCHEMA, Row
 
 
 class ResultStore:
