@@ -1,4 +1,5 @@
-"""The quantitative checks of THEORY.md claims 3 and 4 on per-point mean test errors.
+"""The quantitative checks of docs/theory.md (iso-lines, projection, equilibrium) on
+per-point mean test errors.
 
 - collapse (update=l2, l2 > 0): is test error a function of log(lr) + s*log(l2) with the
   theory's s (1 for sgd/momentum/adamw, 1/2 for adam)? norm=none is the control.

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """One trial of the study. `l2` is lam in the loss term lam*||w||^2 (THEORY.md)."""
+    """One trial of the study. `l2` is lam in the loss term lam*||w||^2 (docs/theory.md)."""
 
     optimizer: str = "sgd"
     lr: float = 0.1

@@ -11,7 +11,7 @@ from .model import scale_groups, unit_norms
 
 
 def angular_update(before: torch.Tensor, after: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:
-    """Mean over scale-invariant groups of arccos(cos(w_t, w_t+1)), in radians (THEORY.md)."""
+    """Mean over scale-invariant groups of arccos(cos(w_t, w_t+1)), in radians (docs/theory.md)."""
     a, b = scale_groups(before, whole_layer), scale_groups(after, whole_layer)
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
     return torch.arccos(cos.clamp(-1.0, 1.0)).mean()

@@ -1,6 +1,6 @@
 """Pure functions of (optimizer, lr, l2, momentum, betas): the theory's predictions.
 
-All formulas are from ../THEORY.md (van Laarhoven 2017; Wan et al. 2020, Thm. 3;
+All formulas are derived in docs/theory.md (van Laarhoven 2017; Wan et al. 2020, Thm. 3;
 Kosson et al. 2023), with wd = 2*l2 because the paper's penalty is l2*||w||^2.
 They work on floats and on numpy arrays alike.
 """
@@ -28,13 +28,13 @@ def weight_decay(l2):
 
 def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
                                betas=ADAM_BETAS, fan_in=None, grad_norm_unit=None):
-    """Predicted per-step angular update at equilibrium (THEORY.md table).
+    """Predicted per-step angular update at equilibrium (docs/theory.md#equilibrium-table).
 
     sgd: sqrt(2*lr*wd); momentum: sqrt(2*lr*wd/(1+mu)); adamw: sqrt(2*lr*wd*(1-b1)/(1+b1));
     adam with coupled L2: sqrt((1-b1)/(1+b1)) * (2*wd*lr^2*d/||g_hat||)^(1/3), which needs the
     fan-in d and the gradient norm at unit weight norm (NaN when they are not given).
 
-    The Adam factor sqrt((1-b1)/(1+b1)) is ours, not THEORY.md's: with noise-dominated
+    The Adam factor sqrt((1-b1)/(1+b1)) is ours (docs/theory.md#deriving-the-table): with noise-dominated
     gradients Adam's per-coordinate step m/sqrt(v) has RMS sqrt((1-b1)/(1+b1)), not 1, while
     the first moment correlates successive steps so the norm still grows as if each step had
     size lr (the equilibrium ||w|| of the table holds). The same factor appears in the
@@ -62,7 +62,7 @@ def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
 
 
 def effective_lr_proxy(optimizer: str, lr, l2):
-    """The quantity test error should depend on alone, up to constants (THEORY.md claim 3).
+    """The quantity test error should depend on alone, up to constants (docs/theory.md#iso-lines).
 
     sgd/momentum: lr*l2 (iso-lines lr*l2 = const); adam with coupled L2: (lr^2*l2)^(1/3);
     adamw: lr*l2 (decoupled decay behaves like SGD's). Monotone in the predicted
@@ -87,12 +87,13 @@ def measured_effective_lr(optimizer: str, lr, unit_norm):
 
 def relaxation_steps(optimizer: str, lr, l2, momentum: float = 0.0,
                      fan_in=None, grad_norm_unit=None):
-    """Steps to reach equilibrium: 1/(lr*wd) for SGD, (1-mu)/(lr*wd) with momentum (THEORY.md);
+    """Steps to reach equilibrium: 1/(lr*wd) for SGD, (1-mu)/(lr*wd) with momentum
+    (docs/theory.md#relaxation-times);
     inf when l2 = 0 (no equilibrium).
 
     Adam with coupled L2 divides the decay term by sqrt(v) ~ ||g_hat||/(||w||*sqrt(d)), so
     ||w|| relaxes at rate lr*wd*sqrt(d)*||w_eq||/||g_hat||, with ||w_eq||^3 =
-    lr*sqrt(d)*||g_hat||/(2*wd) (THEORY.md table); that needs d and ||g_hat|| (else the
+    lr*sqrt(d)*||g_hat||/(2*wd) (docs/theory.md#equilibrium-table); that needs d and ||g_hat|| (else the
     SGD form is returned as a rough guide).
     """
     lr, wd = np.asarray(lr, dtype=float), weight_decay(l2)

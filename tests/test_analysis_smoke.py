@@ -4,9 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from analysis.report import FIGURES, main
+from analysis.synthetic import SyntheticSweep, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "sweeps" / "run_grid.py"
@@ -33,6 +35,13 @@ def test_real_smoke_sweep_renders(cifar_dir, tmp_path, capsys):
         assert v["cell"] in printed and v["cell"] in html
         if v["check"] == "collapse":
             assert v["verdict"] == "INSUFFICIENT"
+    # a synthetic sweep's files have exactly the real sweep's schema (one writer, one schema)
+    write_sweep(tmp_path / "synthetic", SyntheticSweep(error=lambda *a: 0.5, lrs=(0.1,), l2s=(1e-3,),
+                                                         seeds=(0,)))
+    for kind in ("trials", "history"):
+        real = pq.read_schema(next((results / kind).glob("*.parquet")))
+        synthetic = pq.read_schema(next((tmp_path / "synthetic" / kind).glob("*.parquet")))
+        assert synthetic.equals(real), f"{kind}: {set(synthetic.names) ^ set(real.names)}"
     drawn = {name for name in FIGURES if (out / f"{name}.png").exists()}
     assert {"fig1_heatmaps", "fig3_l2_sensitivity", "fig5_best_over_lr"} <= drawn
     for name in drawn:

@@ -1,4 +1,4 @@
-"""Claims 1-2 of THEORY.md on the real model: scale invariance and gradient scaling."""
+"""docs/theory.md#scale-invariance on the real model: scale invariance and gradient scaling."""
 import pytest
 import torch
 import torch.nn.functional as F
