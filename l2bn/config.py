@@ -22,6 +22,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # Fields that say where/how a trial runs, not what it computes: left out of the trial id,
 # so the same grid point has the same id on a laptop and on a cluster.
 EXECUTION_FIELDS = ("device", "data_dir")
+# Fields added after the first results were written enter the trial id only when they differ
+# from these defaults, so every earlier grid point keeps its id (resumes, file names).
+ADDED_FIELDS = {"scale_invariant": False}
 
 _CHOICES = {
     "optimizer": OPTIMIZERS,
@@ -53,6 +56,7 @@ class TrialConfig:
     n_train: int | None = None
     n_test: int | None = None
     augment: bool = True
+    scale_invariant: bool = False  # classifier frozen at init, norms without affine parameters
     data: str = "cifar10"
     data_dir: str | None = None
     device: str = "auto"
@@ -83,7 +87,8 @@ class TrialConfig:
     @property
     def trial_id(self) -> str:
         """Stable 12-hex id from the science fields (not device or data location)."""
-        row = {k: v for k, v in self.to_row().items() if k not in EXECUTION_FIELDS}
+        row = {k: v for k, v in self.to_row().items()
+               if k not in EXECUTION_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
         blob = json.dumps(row, sort_keys=True, default=repr).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
@@ -149,6 +154,11 @@ def _validate(cfg: TrialConfig) -> None:
         raise ConfigError(
             "config field 'update'='projection' needs a normalization: 'norm' must be one of "
             f"{list(NORMS[1:])}, got 'none'")
+    if cfg.scale_invariant and (cfg.norm == "none" or cfg.l2_scope != "normalized"):
+        raise ConfigError(
+            "config field 'scale_invariant'=True needs a normalization and l2_scope='normalized' "
+            "(the frozen classifier must not be decayed), got "
+            f"norm={cfg.norm!r}, l2_scope={cfg.l2_scope!r}")
     if cfg.norm == "none" and cfg.l2_scope == "normalized":
         raise ConfigError(
             "config field 'l2_scope'='normalized' needs a normalization: 'norm' must be one of "

@@ -8,12 +8,12 @@ from torch.nn.utils import parametrizations
 from .schema import CLASSIFIER, CONV_LAYERS, LAYERS
 
 
-def _norm_layer(norm: str, channels: int) -> nn.Module:
+def _norm_layer(norm: str, channels: int, affine: bool = True) -> nn.Module:
     """The normalization that follows a conv, by name (weight norm lives on the conv itself)."""
     table = {
-        "batch": lambda: nn.BatchNorm2d(channels),
-        "layer": lambda: nn.GroupNorm(1, channels),  # layer norm over (C, H, W)
-        "instance": lambda: nn.GroupNorm(channels, channels),  # instance norm, affine
+        "batch": lambda: nn.BatchNorm2d(channels, affine=affine),
+        "layer": lambda: nn.GroupNorm(1, channels, affine=affine),  # layer norm over (C, H, W)
+        "instance": lambda: nn.GroupNorm(channels, channels, affine=affine),  # instance norm
         "none": nn.Identity,
         "weight": nn.Identity,
     }
@@ -21,30 +21,44 @@ def _norm_layer(norm: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Module):
-    """conv3x3 -> normalization -> ReLU -> 2x2 max-pool."""
+    """conv3x3 -> normalization -> ReLU -> 2x2 max-pool.
 
-    def __init__(self, c_in: int, c_out: int, norm: str):
+    scale_invariant: no affine parameters after the normalization; for weight norm no bias
+    and the gain g frozen at its initialization, so the conv weight is the only trained
+    parameter and the block is invariant to its scale.
+    """
+
+    def __init__(self, c_in: int, c_out: int, norm: str, scale_invariant: bool = False):
         super().__init__()
         # A following batch/layer/instance norm removes any bias; weight norm and none keep it.
-        bias = norm in ("none", "weight")
+        bias = norm == "none" or (norm == "weight" and not scale_invariant)
         conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
         self.conv = parametrizations.weight_norm(conv) if norm == "weight" else conv
-        self.norm = _norm_layer(norm, c_out)
+        if norm == "weight" and scale_invariant:
+            self.conv.parametrizations.weight.original0.requires_grad_(False)  # g
+        self.norm = _norm_layer(norm, c_out, affine=not scale_invariant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.max_pool2d(torch.relu(self.norm(self.conv(x))), 2)
 
 
 class ConvNet(nn.Module):
-    """Conv widths (w, 2w, 4w) on 32x32 inputs, then a linear classifier to 10 classes."""
+    """Conv widths (w, 2w, 4w) on 32x32 inputs, then a linear classifier to 10 classes.
 
-    def __init__(self, norm: str = "batch", width: int = 32, num_classes: int = 10):
+    scale_invariant=True makes every trained weight scale-invariant (docs/theory.md): the
+    classifier stays at its initialization and the normalizations have no affine parameters.
+    """
+
+    def __init__(self, norm: str = "batch", width: int = 32, num_classes: int = 10,
+                 scale_invariant: bool = False):
         super().__init__()
         self.norm_name = norm
-        self.conv1 = ConvBlock(3, width, norm)
-        self.conv2 = ConvBlock(width, 2 * width, norm)
-        self.conv3 = ConvBlock(2 * width, 4 * width, norm)
+        self.conv1 = ConvBlock(3, width, norm, scale_invariant)
+        self.conv2 = ConvBlock(width, 2 * width, norm, scale_invariant)
+        self.conv3 = ConvBlock(2 * width, 4 * width, norm, scale_invariant)
         self.fc = nn.Linear(4 * width * 4 * 4, num_classes)  # 32 -> 16 -> 8 -> 4 pixels
+        if scale_invariant:  # a fixed classifier (Hoffer et al. 2018, "Fix your classifier")
+            self.fc.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv3(self.conv2(self.conv1(x)))

@@ -20,7 +20,7 @@ def param_groups(model: ConvNet, cfg: TrialConfig) -> list[dict]:
     """Two groups: decayed weights (weight_decay = 2*l2) and everything else (no decay)."""
     decayed = list(decayed_weights(model, cfg.l2_scope).values())
     decayed_ids = {id(p) for p in decayed}
-    rest = [p for p in model.parameters() if id(p) not in decayed_ids]
+    rest = [p for p in model.parameters() if id(p) not in decayed_ids and p.requires_grad]
     return [
         {"params": decayed, "weight_decay": cfg.weight_decay, "name": "decayed"},
         {"params": rest, "weight_decay": 0.0, "name": "not_decayed"},

@@ -46,7 +46,7 @@ class Trial:
         torch.manual_seed(cfg.seed)
         self.train_set, self.test_set = load_cifar10(
             cfg.data, cfg.data_dir, self.device, cfg.n_train, cfg.n_test)
-        self.model = ConvNet(cfg.norm, cfg.width).to(self.device)
+        self.model = ConvNet(cfg.norm, cfg.width, scale_invariant=cfg.scale_invariant).to(self.device)
         if cfg.update == "projection":
             project_(self.model)  # start on the unit sphere, as every later step will be
         self.optimizer = build_optimizer(self.model, cfg)

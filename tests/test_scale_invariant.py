@@ -1,0 +1,52 @@
+"""The fully scale-invariant network (scale_invariant=True): every trained weight is scale-invariant."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from l2bn.config import ConfigError, TrialConfig
+from l2bn.model import ConvNet, normalized_weights
+from l2bn.train import Trial
+
+NORMS = ["batch", "weight", "layer", "instance"]
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_the_only_trained_parameters_are_the_normalized_conv_weights(norm):
+    model = ConvNet(norm, width=4, scale_invariant=True)
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trained == {id(w) for w in normalized_weights(model).values()}
+    default = ConvNet(norm, width=4)  # the default net also trains gains/biases and fc
+    assert sum(p.requires_grad for p in default.parameters()) > len(trained)
+
+
+@pytest.mark.parametrize("norm", ["batch", "weight"])
+def test_training_moves_the_convs_and_leaves_the_classifier_at_its_init(norm):
+    cfg = TrialConfig(data="synthetic", device="cpu", width=4, batch_size=64, n_test=64, epochs=1,
+                      norm=norm, lr=0.1, l2=1e-3, l2_scope="normalized", scale_invariant=True)
+    trial = Trial(cfg)
+    fc = [p.detach().clone() for p in trial.model.fc.parameters()]
+    conv = normalized_weights(trial.model)["conv2"].detach().clone()
+    row = trial.run_epoch()
+    assert all(torch.equal(a, b) for a, b in zip(fc, trial.model.fc.parameters(), strict=True))
+    assert not torch.equal(conv, normalized_weights(trial.model)["conv2"])
+    assert row["fc_rel_update"] == 0 and row["conv2_rel_update"] > 0
+    assert row["scale_invariant"] is True
+
+
+def test_it_needs_a_normalization_and_the_normalized_l2_scope():
+    with pytest.raises(ConfigError, match="'scale_invariant'=True needs .*l2_scope='all'"):
+        TrialConfig(scale_invariant=True, l2_scope="all")
+    with pytest.raises(ConfigError, match="'scale_invariant'=True needs .*norm='none'"):
+        TrialConfig(scale_invariant=True, norm="none", l2_scope="normalized")
+
+
+def test_an_added_field_at_its_default_leaves_earlier_trial_ids_unchanged():
+    cfg = TrialConfig(optimizer="adam", lr=1e-3, l2=1e-2, seed=2)
+    row = {k: v for k, v in cfg.to_row().items()
+           if k not in ("device", "data_dir", "scale_invariant")}  # the row before the field
+    before = hashlib.sha1(json.dumps(row, sort_keys=True, default=repr).encode()).hexdigest()[:12]
+    assert cfg.trial_id == before
+    assert cfg.replace(l2_scope="normalized", scale_invariant=True).trial_id != \
+        cfg.replace(l2_scope="normalized").trial_id
