@@ -21,6 +21,22 @@ def conv_fan_in(layer: str, width):
     return 9 * np.asarray(channels_in, dtype=float)
 
 
+def group_size(layer: str, width, norm: str):
+    """Size d of one scale-invariant group of a conv layer: one output channel's fan-in
+    (batch, instance, weight norm), or the whole layer, C_out x fan-in, for layer norm, which
+    pools all channels (docs/theory.md#scale-invariant-groups). Torch-free."""
+    channels_out = {"conv1": 1, "conv2": 2, "conv3": 4}[layer] * np.asarray(width, dtype=float)
+    return conv_fan_in(layer, width) * (channels_out if norm == "layer" else 1.0)
+
+
+def balance_exponent(optimizer: str) -> int:
+    """k such that (measured/predicted angular update)^k is the ratio of the two terms of the
+    norm balance at equilibrium (the update's growth of ||w||^2 over L2's shrinkage; 1 at
+    equilibrium): angle^2 = 2*lr*wd*c for the SGD family and adamw, angle ~ ||w||^-1 with
+    ||w||^3 ~ 1/wd for adam with coupled L2 (docs/theory.md#equilibrium-table)."""
+    return 3 if optimizer == "adam" else 2
+
+
 def weight_decay(l2):
     """PyTorch-style weight decay for the paper's penalty l2*||w||^2: its gradient is 2*l2*w."""
     return 2.0 * np.asarray(l2, dtype=float)
@@ -32,7 +48,8 @@ def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
 
     sgd: sqrt(2*lr*wd); momentum: sqrt(2*lr*wd/(1+mu)); adamw: sqrt(2*lr*wd*(1-b1)/(1+b1));
     adam with coupled L2: sqrt((1-b1)/(1+b1)) * (2*wd*lr^2*d/||g_hat||)^(1/3), which needs the
-    fan-in d and the gradient norm at unit weight norm (NaN when they are not given).
+    size d of the scale-invariant group (group_size: the whole layer for layer norm) and its
+    gradient norm at unit weight norm (NaN when they are not given).
 
     The Adam factor sqrt((1-b1)/(1+b1)) is ours (docs/theory.md#deriving-the-table): with noise-dominated
     gradients Adam's per-coordinate step m/sqrt(v) has RMS sqrt((1-b1)/(1+b1)), not 1, while

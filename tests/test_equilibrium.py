@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from l2bn import theory
-from l2bn.metrics import UpdateTracker
+from l2bn.metrics import UpdateTracker, angle_columns
 
 
 def _run_to_equilibrium(lr: float, l2: float, steps: int, measure: int, adam: bool = False) -> dict:
@@ -32,7 +32,9 @@ def _run_to_equilibrium(lr: float, l2: float, steps: int, measure: int, adam: bo
         tracker.snapshot()
         opt.step()
         tracker.update()
-    return tracker.means()["w"]
+    means = tracker.means()["w"]
+    return {"angular_update": angle_columns("w", means)["w_angular_update"],
+            "grad_norm_unit": means["grad_norm_unit"]}
 
 
 @pytest.mark.parametrize("lr, l2", [(0.1, 0.01), (0.04, 0.025)])
