@@ -24,7 +24,7 @@ def conv_fan_in(layer: str, width):
 def group_size(layer: str, width, norm: str):
     """Size d of one scale-invariant group of a conv layer: one output channel's fan-in
     (batch, instance, weight norm), or the whole layer, C_out x fan-in, for layer norm, which
-    pools all channels (docs/theory.md#scale-invariant-groups). Torch-free."""
+    pools all channels (docs/theory.md#scale-invariance). Torch-free."""
     channels_out = {"conv1": 1, "conv2": 2, "conv3": 4}[layer] * np.asarray(width, dtype=float)
     return conv_fan_in(layer, width) * (channels_out if norm == "layer" else 1.0)
 

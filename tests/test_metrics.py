@@ -9,6 +9,7 @@ import torch
 from l2bn import theory
 from l2bn.config import TrialConfig
 from l2bn.metrics import UpdateTracker, angle_columns, angular_update, group_angles, layer_metrics
+from l2bn.schema import CONV_LAYERS
 
 
 def rotate(rows: np.ndarray, angles: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -108,7 +109,7 @@ def test_group_size_matches_the_model():
 
     for norm in ("batch", "layer"):
         model = ConvNet(norm, width=4)
-        for layer in theory.CONV_LAYERS:
+        for layer in CONV_LAYERS:
             w = layer_weight(model, layer)
             assert theory.group_size(layer, 4, norm) == (w.numel() if norm == "layer" else w[0].numel())
 
