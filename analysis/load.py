@@ -211,16 +211,19 @@ def add_derived(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def relaxation(trials: pd.DataFrame, optimizer: str) -> np.ndarray:
-    """theory.relaxation_steps per trial; for adam from each conv layer's fan-in and measured
-    gradient norm at unit weight norm (last epoch), the slowest layer counting."""
+    """theory.relaxation_steps per trial; for adam from each conv layer's group size
+    (theory.group_size) and measured gradient norm at unit weight norm (last epoch), the
+    slowest layer counting."""
     lr, l2 = trials["lr"].to_numpy(float), trials["l2"].to_numpy(float)
     grads = [f"{layer}_grad_norm_unit" for layer in CONV_LAYERS]
     if optimizer != "adam" or not all(g in trials for g in grads):
         return theory.relaxation_steps(optimizer, lr, l2, momentum_of(optimizer))
-    width = trials["width"].to_numpy(float)
-    per_layer = [theory.relaxation_steps(optimizer, lr, l2, 0.0, fan_in=theory.conv_fan_in(layer, width),
-                                         grad_norm_unit=trials[g].to_numpy(float))
-                 for layer, g in zip(CONV_LAYERS, grads, strict=True)]
+    width, layer_norm = trials["width"].to_numpy(float), trials["norm"].eq("layer").to_numpy()
+    per_layer = [theory.relaxation_steps(
+        optimizer, lr, l2, 0.0, grad_norm_unit=trials[g].to_numpy(float),
+        fan_in=np.where(layer_norm, theory.group_size(layer, width, "layer"),
+                        theory.group_size(layer, width, "batch")))
+        for layer, g in zip(CONV_LAYERS, grads, strict=True)]
     return np.max(per_layer, axis=0)
 
 

@@ -6,31 +6,43 @@ hatched cells where all did (they count as chance error, 0.9).
 """
 from __future__ import annotations
 
+import functools
 import textwrap
 from dataclasses import dataclass
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from cycler import cycler
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from l2bn import theory
+from l2bn.schema import LAYERS
 
-from l2bn import theory  # noqa: E402
-from l2bn.schema import LAYERS  # noqa: E402
-
-from .load import CHANCE_ERROR  # noqa: E402
+from .load import CHANCE_ERROR
 
 PANEL = (3.2, 2.7)  # inches per panel
 MAX_COLS = 4
 ANNOTATE_MAX = 64  # write error values into heatmap cells up to this many cells
 MIN_COLOR_RANGE = 0.01  # a heatmap's colours span at least 1% test error: no painted noise
-sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
+VIRIDIS, PLASMA = matplotlib.colormaps["viridis"], matplotlib.colormaps["plasma"]
+
+
+def styled(draw):
+    """Draw the figure inside seaborn's whitegrid/paper style without touching the global
+    matplotlib state (figures are plain matplotlib.figure.Figure objects, no pyplot)."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        style = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper", font_scale=0.9),
+                 "axes.prop_cycle": cycler(color=sns.color_palette("deep"))}
+        with matplotlib.rc_context(style):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -66,8 +78,8 @@ class L2Axis:
 def _grid(n: int, cols: int = MAX_COLS) -> tuple[Figure, np.ndarray]:
     ncols = min(n, cols)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows),
-                             squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes
@@ -152,6 +164,18 @@ def _lr_ticks(ax, lrs: np.ndarray) -> None:
         ax.set_xticks(logs, [f"{v:.2g}" for v in lrs])
 
 
+def _log_ticks(axis, values: pd.Series) -> None:
+    """Short, non-overlapping labels on a log axis: 1-2-5 ticks within two decades, decades
+    beyond, written as 2e-3; minor ticks unlabelled."""
+    v = values[values > 0]
+    span = np.log10(v.max() / v.min()) if len(v) else 3.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,),
+                                      numticks=8))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.0e}".replace("e-0", "e-")
+                                           .replace("e+0", "e")))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _line(ax, x0: float, y0: float, s: float, **style) -> None:
     """The line x + s*y = x0 + s*y0 (vertical when s = 0)."""
     if abs(s) < 1e-9:
@@ -169,6 +193,7 @@ def _iso_lines(ax, xs: np.ndarray, ys: np.ndarray, s: float, n: int = 5) -> None
         _line(ax, c - s * ys.mean(), ys.mean(), s, color="white", ls="--", lw=0.8, alpha=0.8)
 
 
+@styled
 def heatmaps(points: pd.DataFrame, collapse: pd.DataFrame, projection: pd.DataFrame,
              title: str) -> Figure | None:
     """Figures 1 and 6: one heatmap per (optimizer, norm, update) cell of `points`."""
@@ -199,6 +224,7 @@ def heatmaps(points: pd.DataFrame, collapse: pd.DataFrame, projection: pd.DataFr
     return fig
 
 
+@styled
 def collapse_plot(points: pd.DataFrame) -> Figure | None:
     """Figure 2: test error against the predicted effective LR, coloured by l2."""
     p = points[(points["update"] == "l2") & (points["l2"] > 0)]
@@ -211,13 +237,14 @@ def collapse_plot(points: pd.DataFrame) -> Figure | None:
         c = p[p["cell"] == cell]
         for eq, face in ((True, None), (False, "none")):
             d = c[(c["equilibrated"] == eq) & ~c["all_diverged"]]
-            colors = plt.cm.viridis(norm(np.log10(d["l2"])))
+            colors = VIRIDIS(norm(np.log10(d["l2"])))
             ax.scatter(d["eff_lr_proxy"], d["error_mean"], c=colors if face is None else "none",
                        edgecolors=colors, s=22, lw=1,
                        label="equilibrated" if eq else "not equilibrated")
         _diverged_at_top(ax, c["eff_lr_proxy"], c)
         opt = c["optimizer"].iloc[0]
         ax.set_xscale("log")
+        _log_ticks(ax.xaxis, c["eff_lr_proxy"])
         ax.set_xlabel("lr*l2" if opt != "adam" else "(lr^2*l2)^(1/3)")
         ax.set_ylabel("test error")
         ax.set_title(cell + ("  (control: no collapse expected)" if c["norm"].iloc[0] == "none"
@@ -228,21 +255,22 @@ def collapse_plot(points: pd.DataFrame) -> Figure | None:
                Line2D([], [], marker="x", ls="", color="red", label="diverged (any seed), "
                       "at the top edge")]
     axes.flat[0].legend(handles=handles, fontsize=6)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="log10 l2",
+    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="log10 l2",
                  shrink=0.8)
     _suptitle(fig, "Collapse: mean test error against the theory's effective-LR proxy, "
               "coloured by l2: with a normalization the points should lie on one curve")
     return fig
 
 
+@styled
 def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | None:
     """Figure 3: test error against l2 at each lr, update=l2 beside update=projection."""
     groups = sorted(points[points["norm"] != "none"].groupby(["optimizer", "norm", "setting"])
                     .groups)
     if not groups or "projection" not in set(points["update"]):
         return None
-    fig, axes = plt.subplots(len(groups), 2, figsize=(2 * PANEL[0], PANEL[1] * len(groups)),
-                             squeeze=False, constrained_layout=True, sharey="row")
+    fig = Figure(figsize=(2 * PANEL[0], PANEL[1] * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), 2, squeeze=False, sharey="row")
     l2axis = L2Axis.from_values(points["l2"].to_numpy())
     lr_norm = matplotlib.colors.LogNorm(points["lr"].min(), points["lr"].max() * 1.0001)
     large = {r["cell"]: r["large_l2"] for r in projection.to_dict("records")} if len(projection) else {}
@@ -256,7 +284,7 @@ def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | N
                 ax.text(0.5, 0.5, "no trials", transform=ax.transAxes, ha="center")
                 continue
             for lr, d in c.groupby("lr"):
-                color = plt.cm.plasma(lr_norm(lr))
+                color = PLASMA(lr_norm(lr))
                 ok = d[d["fit_mean"].notna()]
                 ax.errorbar(l2axis.pos(ok["l2"]), ok["fit_mean"], yerr=ok["error_sd"].fillna(0),
                             color=color, marker="o", ms=3, lw=1, label=f"lr={lr:.2g}")
@@ -274,6 +302,7 @@ def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | N
     return fig
 
 
+@styled
 def best_over_lr(points: pd.DataFrame) -> Figure | None:
     """Figure 5: best (over lr) mean test error against l2, per norm x update."""
     if points.empty:
@@ -303,15 +332,19 @@ def best_over_lr(points: pd.DataFrame) -> Figure | None:
     return fig
 
 
+@styled
 def dynamics(history: pd.DataFrame, cells: list[dict]) -> Figure | None:
     """Figure 4: per-layer weight norm, measured effective LR and angular update over epochs,
-    with the predicted equilibrium angular update dashed, for the chosen (cell, lr, l2)."""
+    with the predicted equilibrium angular update dashed where a prediction applies (l2 > 0),
+    for the chosen (cell, lr, l2). Rows of diverged epochs (metrics NaN) are left out."""
     if history.empty or not cells:
         return None
+    if "diverged" in history:
+        history = history[~history["diverged"].fillna(False).astype(bool)]
     rows = [("unit_norm", "mean unit norm ||w_u||"), ("eff_lr", "measured effective LR"),
             ("angular_update", "angular update / step (rad)")]
-    fig, axes = plt.subplots(3, len(cells), figsize=(PANEL[0] * len(cells), PANEL[1] * 3),
-                             squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(PANEL[0] * len(cells), PANEL[1] * 3), layout="constrained")
+    axes = fig.subplots(3, len(cells), squeeze=False)
     colors = dict(zip(LAYERS, sns.color_palette("tab10"), strict=False))
     for col, cell in enumerate(cells):
         h = history[history["trial_id"].isin(cell["trial_ids"])]
@@ -322,10 +355,13 @@ def dynamics(history: pd.DataFrame, cells: list[dict]) -> Figure | None:
                     ax.plot(mean.index, mean[f"{layer}_{key}"], color=colors[layer], label=layer,
                             marker="o", ms=2.5)
                 pred = f"{layer}_pred_angular_update"
-                if key == "angular_update" and pred in mean and mean[pred].notna().any():
-                    ax.plot(mean.index, mean[pred], color=colors[layer], ls="--", lw=1,
-                            marker="_", ms=8)
-            values = mean[[c for c in mean if c.endswith(key)]].to_numpy().ravel()
+                if key == "angular_update" and pred in mean and (mean[pred] > 0).any():
+                    ax.plot(mean.index, mean[pred].where(mean[pred] > 0), color=colors[layer],
+                            ls="--", lw=1, marker="_", ms=8)
+            shown = [f"{layer}_{key}" for layer in LAYERS] + (
+                [f"{layer}_pred_angular_update" for layer in LAYERS] if key == "angular_update" else [])
+            values = mean[[c for c in shown if c in mean]].to_numpy().ravel()
+            values = values[values != 0]  # old results hold a predicted 0 at l2 = 0
             values = values[np.isfinite(values)]
             if len(values) and values.min() > 0 and values.max() > 10 * values.min():
                 ax.set_yscale("log")

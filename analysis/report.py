@@ -16,17 +16,18 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from . import rules as R
 from .collapse import (
+    EQUILIBRIUM_RULES,
     Checks,
     CheckSettings,
     missing_points,
     rules,
     run_checks,
-    to_csv_frame,
-    to_json,
     verdict_table,
 )
 from .document import Block, Bullets, FigureRef, Heading, Table, Text, to_html, to_markdown
+from .export import to_csv_frame, to_json
 from .load import Results, ResultsError, load_results
 
 FIGURES = {
@@ -44,12 +45,16 @@ FIGURES = {
     "fig6_control_heatmaps": "Control without normalization (norm=none): the same heatmaps, "
                              "where the collapse should not hold.",
 }
+FIGURE_NUMBERS = {name: number for number, name in enumerate(FIGURES, start=1)}
 COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_excluded", "n_lr", "n_l2", "bootstrap", "s",
-                    "ci_low", "ci_high", "s_theory", "r2_1d", "r2_lr", "r2_l2", "r2adj_1d",
-                    "r2adj_lr", "r2adj_l2", "gain", "verdict"]
-PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "spread_l2", "spread_lr",
-                      "noise_sd", "ratio", "ratio_update_l2", "verdict"]
-EQUILIBRIUM_COLUMNS = ["cell", "n_points", "ratio_median", "ratio_q25", "ratio_q75", "verdict"]
+                    "ci_low", "ci_high", "s_theory", "lof_p", "r2_1d", "r2_lr", "r2_l2",
+                    "r2adj_1d", "r2adj_lr", "r2adj_l2", "gain", "descriptive", "verdict"]
+PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "test", "l2_effect", "l2_p",
+                      "lr_p", "noise_sd", "ratio", "ratio_update_l2", "verdict"]
+EQUILIBRIUM_COLUMNS = ["cell", "n_points", "balance_exponent", "balance_median", "balance_q25",
+                       "balance_q75", "ratio_median", "verdict"]
+SENSITIVITY_COLUMNS = ["cell", "rule", "factor", "used", "n_points", "s", "ci_low", "ci_high",
+                       "lof_p", "verdict"]
 
 
 def parse_cell(text: str) -> dict:
@@ -84,7 +89,7 @@ def choose_dynamics(points: pd.DataFrame, requested: list[dict],
                     & (points["update"] == "l2") & (points["l2"] > 0)]
         ok = ok[ok["equilibrated"]] if ok["equilibrated"].any() else ok
         ok = ok.sort_values(["error_mean", "cell", "lr", "l2"])
-        chosen = ok.groupby("optimizer", sort=True).head(1).to_dict("records")
+        chosen = ok.groupby("optimizer", sort=True).head(1).sort_values("optimizer").to_dict("records")
     return chosen[:max_cells], warnings
 
 
@@ -114,7 +119,6 @@ def save_figures(figures: dict, out: Path, dpi: int) -> tuple[list[str], list[st
         fig.savefig(out / f"{name}.png", dpi=dpi)
         fig.set_layout_engine("none")  # keep the layout just computed: half the drawing time
         fig.savefig(out / f"{name}.svg")
-        plots.plt.close(fig)
         saved.append(name)
     return saved, warnings
 
@@ -141,17 +145,20 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
     blocks: list[Block] = [
         Text(f"Results: {results.uri}. Used {len(results.trials)} of {results.n_found} trials "
              f"found; skipped {len(results.skipped)}."),
+        Text(f"Verdicts under rules version {R.RULES_VERSION} (analysis/rules.py)."),
         Heading("Verdicts"), Table(verdicts, "verdicts"),
         Heading("Rules and thresholds"), Bullets(tuple(rules(checks.settings))),
         Heading("Figures")]
-    blocks += [FigureRef(n, f"Figure {n[3]}. {FIGURES[n]}") for n in figure_names]
+    blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}") for n in figure_names]
     blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),
                Table(_cols(checks.collapse, COLLAPSE_COLUMNS), "collapse"),
                Heading("Points left out of the collapse fits"),
                Table(excluded_table(checks.collapse), "excluded"),
+               Heading("Collapse slope under other equilibrium rules (sensitivity)"),
+               Table(_cols(checks.sensitivity, SENSITIVITY_COLUMNS), "sensitivity"),
                Heading("Projection: l2-sensitivity"),
                Table(_cols(checks.projection, PROJECTION_COLUMNS), "projection"),
-               Heading("Equilibrium: measured / predicted angular update"),
+               Heading("Equilibrium: norm balance (measured / predicted angular update)^k"),
                Table(_cols(checks.equilibrium_cells, EQUILIBRIUM_COLUMNS), "equilibrium"),
                Table(checks.equilibrium.drop(columns=["setting"], errors="ignore"),
                      "equilibrium_points"),
@@ -210,16 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed,
                         help=f"RNG seed of the bootstrap: same inputs and seed, same "
                              f"collapse.json (default {d.seed})")
-    parser.add_argument("--relax-factor", type=float, default=d.relax_factor,
-                        help="a point counts as equilibrated when FACTOR x predicted "
-                             "relaxation steps <= its step budget; 0 uses every l2 > 0 point "
-                             f"(default {d.relax_factor:g})")
-    parser.add_argument("--s-tolerance", type=float, default=d.s_tolerance,
-                        help="collapse PASS needs the theory's s inside the bootstrap interval "
-                             f"widened by this much on each side (default {d.s_tolerance:g})")
+    parser.add_argument("--equilibrium", choices=EQUILIBRIUM_RULES, default=d.equilibrium,
+                        help="which points count as equilibrated: 'measured' (the rules, from "
+                             "each run's last-epoch drifts), or, as a flagged exploration, "
+                             "'relaxation' (rules version 1) or 'all' l2 > 0 points "
+                             f"(default {d.equilibrium})")
     parser.add_argument("--large-l2", type=float, default=None,
-                        help="projection check: l2 above this is the large-l2 regime, left out "
-                             "(default: from the measured gradient norm, see the report's rules)")
+                        help="exploration: l2 above this is the projection check's large-l2 "
+                             "regime (default: from the measured gradient norm, see the rules)")
     parser.add_argument("--dynamics", action="append", type=parse_cell, default=[],
                         metavar="CELL", help="a point for figure 4, e.g. "
                         "'optimizer=sgd,norm=batch,update=l2,lr=0.1,l2=5e-4' (repeatable; "
@@ -246,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings = CheckSettings(args.bootstrap, args.seed, args.relax_factor, args.large_l2,
-                             args.s_tolerance)
+    settings = CheckSettings(n_boot=args.bootstrap, seed=args.seed, large_l2=args.large_l2,
+                             equilibrium=args.equilibrium)
     out = Path(args.out) if args.out else default_out(args.results)
     _, verdicts, warnings = write_report(results, out, settings, args.dynamics,
                                          args.max_dynamics, args.dpi, not args.no_figures)

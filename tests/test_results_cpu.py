@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.collapse import CheckSettings, run_checks, to_json
+from analysis.collapse import CheckSettings, run_checks
+from analysis.export import to_json
 from analysis.load import load_results
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
