@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
+        from analysis.plan import describe  # the collapse check's forecast for this grid
+
         print(summary(configs, grid))
+        print(describe(configs))
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS")
     data_dir = overrides.get("data_dir")

@@ -156,3 +156,16 @@ def test_plots_leave_global_matplotlib_state_alone():
             "import analysis.plots, analysis.report; assert m.get_backend() == before[0];"
             "assert dict(m.rcParams) == before[1]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_paper_cell_can_be_decided():
+    """The paper grid gives every collapse cell >= 6 points over >= 3 lr and l2 values that
+    can equilibrate in 100 epochs (rules version 2's forecast; adamw used to have 2 l2)."""
+    from analysis.plan import plan_cells
+    from sweeps.grid import load_grid
+
+    table = plan_cells(load_grid("paper").configs())
+    assert len(table) == 20 and table["decidable"].all(), table[~table["decidable"]]
+    sgd = table[(table["optimizer"] == "sgd") & (table["norm"] == "batch")].iloc[0]
+    # by hand: 3/(lr*2*l2) <= 39,000 steps <=> lr*l2 >= 3.85e-5 on lr 1e-3..1, l2 1e-6..1e-1
+    assert (sgd["n_points"], sgd["n_lr"], sgd["n_l2"]) == (16, 7, 4)

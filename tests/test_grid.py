@@ -67,7 +67,10 @@ def test_paper_grid_count_and_composition():
     for lrs in (sgd_lrs, adam_lrs):  # 3 decades in half-decade steps
         assert len(lrs) == 7 and lrs[-1] / lrs[0] == pytest.approx(1e3)
     assert sgd_lrs[0] / adam_lrs[0] == pytest.approx(100)  # the families get different ranges
-    assert sorted({r["l2"] for r in rows}) == [0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    l2s = {o: sorted({r["l2"] for r in rows if r["optimizer"] == o}) for o in ("sgd", "adam", "adamw")}
+    assert l2s["sgd"] == [0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # momentum likewise
+    assert l2s["adam"] == [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1]  # moved so every cell can be
+    assert l2s["adamw"] == [0, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10]  # decided (analysis.plan)
     assert {r["norm"] for r in rows} == {"none", "batch", "weight", "layer", "instance"}
     assert {r["seed"] for r in rows} == {0, 1, 2}
     assert not any(r["norm"] == "none" and r["update"] == "projection" for r in rows)

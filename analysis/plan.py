@@ -1,0 +1,70 @@
+"""Can a grid answer the collapse check? Per (optimizer, norm, setting) cell with update=l2,
+the grid points that can equilibrate within their budget, before anything runs.
+
+A point counts when PLAN_RELAX_FACTOR relaxation times (theory.relaxation_steps, the slowest
+conv layer; Adam's from the group size and an assumed unit gradient norm PLAN_GRAD) fit in
+its steps; a cell can be decided with MIN_POINTS such points over MIN_DISTINCT lr and l2
+values (analysis/rules.py). The measured rule decides after the run; this is its forecast.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from l2bn import theory
+from l2bn.config import TrialConfig
+from l2bn.schema import CONV_LAYERS
+
+from . import rules as R
+from .load import DEFAULT_N_TRAIN
+
+
+def forecast_steps(cfg: TrialConfig) -> float:
+    """The slowest conv layer's relaxation time in steps for one config."""
+    if cfg.optimizer != "adam":
+        return float(theory.relaxation_steps(cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum))
+    return max(float(theory.relaxation_steps(
+        "adam", cfg.lr, cfg.l2, fan_in=theory.group_size(layer, cfg.width, cfg.norm),
+        grad_norm_unit=R.PLAN_GRAD)) for layer in CONV_LAYERS)
+
+
+def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
+    """One row per collapse cell: points that can equilibrate, distinct lr/l2, decidable."""
+    rows = []
+    for cfg in configs:
+        if cfg.update != "l2" or cfg.l2 <= 0 or cfg.seed != min(c.seed for c in configs):
+            continue
+        budget = (cfg.n_train or DEFAULT_N_TRAIN) // cfg.batch_size * cfg.epochs
+        rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
+                     "lr": cfg.lr, "l2": cfg.l2,
+                     "ok": R.PLAN_RELAX_FACTOR * forecast_steps(cfg) <= budget})
+    points = pd.DataFrame(rows)
+    out = []
+    for key, p in points.groupby(["optimizer", "norm", "l2_scope"], sort=True):
+        ok = p[p["ok"]]
+        n, n_lr, n_l2 = len(ok), ok["lr"].nunique(), ok["l2"].nunique()
+        out.append(dict(zip(("optimizer", "norm", "l2_scope"), key, strict=True))
+                   | {"n_grid": len(p), "n_points": n, "n_lr": n_lr, "n_l2": n_l2,
+                      "decidable": bool(n >= R.MIN_POINTS and min(n_lr, n_l2) >= R.MIN_DISTINCT)})
+    return pd.DataFrame(out)
+
+
+def describe(configs: list[TrialConfig]) -> str:
+    """The plan as text for run_grid.py --dry-run."""
+    table = plan_cells(configs)
+    if table.empty:
+        return "collapse forecast: no update=l2 cell with l2 > 0"
+    bad = table[~table["decidable"]]
+    head = (f"collapse forecast (rules version {R.RULES_VERSION}): points that can equilibrate "
+            f"({R.PLAN_RELAX_FACTOR:g} relaxation times within the budget) per cell; "
+            f"{len(table) - len(bad)} of {len(table)} cells decidable")
+    return head + "\n" + table.to_string(index=False) + (
+        "" if bad.empty else "\nundecidable: " + ", ".join(
+            f"{r.optimizer}/{r.norm}" for r in bad.itertuples()))
+
+
+if __name__ == "__main__":  # python -m analysis.plan GRID
+    import sys
+
+    from sweeps.grid import load_grid
+
+    print(describe(load_grid(sys.argv[1]).configs()))
