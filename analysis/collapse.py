@@ -374,7 +374,7 @@ def sensitivity_table(points: pd.DataFrame, settings: CheckSettings) -> pd.DataF
             rows.append({"cell": cell, "rule": rule, "factor": factor,
                          "used": rule == settings.equilibrium and factor == 1.0,
                          **{k: r.get(k, np.nan) for k in ("n_points", "s", "ci_low", "ci_high",
-                                                          "lof_p", "verdict")}})
+                                                          "lof_p", "verdict", "descriptive")}})
     return pd.DataFrame(rows)
 
 

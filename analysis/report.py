@@ -54,7 +54,7 @@ PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "test", "l2_
 EQUILIBRIUM_COLUMNS = ["cell", "n_points", "balance_exponent", "balance_median", "balance_q25",
                        "balance_q75", "ratio_median", "verdict"]
 SENSITIVITY_COLUMNS = ["cell", "rule", "factor", "used", "n_points", "s", "ci_low", "ci_high",
-                       "lof_p", "verdict"]
+                       "lof_p", "descriptive", "verdict"]
 
 
 def parse_cell(text: str) -> dict:

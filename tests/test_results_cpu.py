@@ -13,10 +13,12 @@ import pytest
 from analysis.collapse import CheckSettings, run_checks
 from analysis.export import to_json
 from analysis.load import load_results
+from analysis.rules import RULES_VERSION
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SHIPPED = {"cpu": (176, 4), "cpu_adam": (40, 4)}  # name: (trials, epochs)
-STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "ratio", "ratio_median")
+STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "ratio", "l2_effect",
+         "l2_p", "lr_p", "balance_median", "ratio_median")
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
@@ -46,10 +48,17 @@ def test_analysis_reproduces_committed_verdicts(committed_and_fresh):
     assert fresh["inputs"] == committed["inputs"]
 
 
-@pytest.mark.parametrize("table", ["collapse", "projection", "equilibrium"])
+def test_committed_under_the_current_rules(committed_and_fresh):
+    committed, fresh, _, _ = committed_and_fresh
+    assert committed["rules_version"] == fresh["rules_version"] == RULES_VERSION
+    assert committed["thresholds"] == fresh["thresholds"]
+
+
+@pytest.mark.parametrize("table", ["collapse", "projection", "equilibrium", "sensitivity"])
 def test_analysis_reproduces_committed_statistics(committed_and_fresh, table):
     committed, fresh, _, _ = committed_and_fresh
     assert [r["cell"] for r in fresh[table]] == [r["cell"] for r in committed[table]]
+    assert [r["verdict"] for r in fresh[table]] == [r["verdict"] for r in committed[table]]
     for new, old in zip(fresh[table], committed[table], strict=True):
         for stat in STATS:
             if old.get(stat) is None:
