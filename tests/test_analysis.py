@@ -216,7 +216,9 @@ def test_adjusted_r2_by_hand():
 
 def test_seed_bootstrap_interval_covers_the_truth():
     """Over 30 noisy replicates of a collapsing grid (3 seeds), the 95% interval holds s = 1
-    in at least 80% of them (simulated coverage ~95% with the k/(k-1) correction)."""
+    in at least 90% of them. Seeded, so the counts are fixed: 28/30 with the pooled k/(k-1)
+    deviations; 25/30 resampling each point's own seeds, 24/30 without the k/(k-1) factor.
+    test_bootstrap_calibration.py checks the replicates' variance exactly."""
     rng = np.random.default_rng(0)
     lr, l2 = (a.ravel() for a in np.meshgrid(np.logspace(-2, 0, 4), np.logspace(-4, -2, 4)))
     truth = 0.1 + 0.05 * (np.log10(lr * l2) + 4) ** 2
@@ -225,7 +227,7 @@ def test_seed_bootstrap_interval_covers_the_truth():
         errors = [t + 0.005 * rng.standard_normal(3) for t in truth]
         f = fit.fit_slope(lr, l2, errors, 100, np.random.default_rng(rep))
         hits += f.ci_low <= 1.0 <= f.ci_high
-    assert hits >= 24
+    assert hits >= 27, f"{hits}/30 intervals hold s = 1"
 
 
 def test_compacted_files_read_like_one_file_per_trial(tmp_path):

@@ -283,3 +283,6 @@ def test_single_seed_uses_the_residual_bootstrap(tmp_path):
     row = json.loads((tmp_path / "r" / "report" / "collapse.json").read_text())["collapse"][0]
     assert row["bootstrap"] == "residuals" and abs(row["s"] - 1) < 0.1
     assert row["ci_low"] < row["s"] < row["ci_high"]
+    # measured 0.08 wide (noise 0.005, 22 points); resampling the raw errors instead of the
+    # residuals spans the whole s grid (4), a zero-size resampling gives no width
+    assert 0.02 < row["ci_high"] - row["ci_low"] < 0.3, (row["ci_low"], row["ci_high"])

@@ -4,7 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import l2bn.train
 from l2bn.config import TrialConfig
 from l2bn.train import train
 
@@ -27,17 +29,24 @@ def _run(cfg, **kw):
 
 def test_rows_have_config_metrics_and_are_deterministic():
     cfg = TrialConfig(**SMALL, optimizer="momentum", lr=0.05, l2=1e-3)
-    rows_a, final = _run(cfg)
+    states = []
+    rows_a, final = _run(cfg, save_state=states.append)
     rows_b, _ = _run(cfg)
     assert [r["epoch"] for r in rows_a] == [1, 2] and final == rows_a[-1]
     assert [_strip(r) for r in rows_a] == [_strip(r) for r in rows_b]
     row = rows_a[-1]
     assert row["step"] == 2 * (512 // 64) and row["trial_id"] == cfg.trial_id
     assert {k: row[k] for k in cfg.to_row()} == cfg.to_row()
+    weights = states[-1]["model"]  # the final weights, to recompute the metrics from
     for layer in ("conv1", "conv2", "conv3"):
-        assert row[f"{layer}_w_norm"] > 0 and 0 < row[f"{layer}_angular_update"] < 1
+        w = weights[f"{layer}.conv.weight"].double()
+        units = w.flatten(1).norm(dim=1)  # batch norm: one scale group per output channel
+        assert row[f"{layer}_w_norm"] == pytest.approx(float(w.norm()), rel=1e-6)
+        assert row[f"{layer}_unit_norm"] == pytest.approx(float(units.mean()), rel=1e-6)
         # measured effective LR for SGD-family is lr / ||w_u||^2 (mean over units)
-        assert row[f"{layer}_eff_lr"] > 0
+        assert row[f"{layer}_eff_lr"] == pytest.approx(float((0.05 / units**2).mean()), rel=1e-6)
+        # radians per step (a cosine would be ~1); exact values: test_layer_metrics_values.py
+        assert 0 < row[f"{layer}_angular_update"] < 0.3
         assert row[f"{layer}_pred_angular_update"] == pytest.approx(
             math.sqrt(2 * 0.05 * 2e-3 / 1.9))
     assert math.isnan(row["fc_pred_angular_update"])
@@ -60,9 +69,40 @@ def test_divergence_ends_trial_without_raising():
     cfg = TrialConfig(**{**SMALL, "epochs": 5}, optimizer="sgd", lr=1e8, l2=0.0, norm="none")
     rows, final = _run(cfg)
     assert final["diverged"] is True and rows[-1] is final
-    assert len(rows) < 5  # stopped at once
-    if len(rows) > 1:  # the last finite metrics are carried
-        assert math.isfinite(final["test_error"]) and final["test_error"] == rows[-2]["test_error"]
+    assert len(rows) == 1 and final["epoch"] == 1  # blew up in epoch 1: no finite metrics yet
+    assert math.isnan(final["test_error"]) and math.isnan(final["train_loss"])
+
+
+@pytest.mark.parametrize("step, blow_up", [
+    (6, "nan"),  # mid epoch 2: the next losses are NaN
+    (8, "nan"),  # last step of epoch 2: the loss stays finite, the weights do not
+    (6, "huge"),  # finite but the mean training loss exceeds 100 x chance
+])
+def test_divergence_in_a_later_epoch_keeps_the_last_finite_metrics(monkeypatch, step, blow_up):
+    """4 steps per epoch; the classifier is corrupted after the given step (in epoch 2), by
+    the real training loop's own path (after_step), and the divergence checks find it."""
+    original, count = l2bn.train.after_step, [0]
+
+    def corrupting(model, cfg):
+        original(model, cfg)
+        count[0] += 1
+        if count[0] == step:
+            with torch.no_grad():
+                if blow_up == "nan":
+                    model.fc.weight.fill_(math.nan)
+                else:
+                    model.fc.weight.mul_(1e6)
+
+    monkeypatch.setattr(l2bn.train, "after_step", corrupting)
+    cfg = TrialConfig(**{**SMALL, "epochs": 4, "n_train": 256}, optimizer="sgd", lr=0.05, l2=1e-3)
+    states = []
+    rows, final = _run(cfg, save_state=states.append)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] is final  # stopped in epoch 2
+    assert [r["diverged"] for r in rows] == [False, True]
+    assert [s["epoch"] for s in states] == [1]  # no checkpoint of the diverged epoch
+    assert math.isfinite(final["test_error"]) and math.isfinite(final["conv2_w_norm"])
+    carried = {k: v for k, v in _strip(final).items() if k not in ("epoch", "diverged")}
+    assert carried == {k: v for k, v in _strip(rows[0]).items() if k not in ("epoch", "diverged")}
 
 
 def test_cli_prints_table_and_rejects_bad_flags():
