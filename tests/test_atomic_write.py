@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from l2bn.config import TrialConfig
-from sweeps.results import ResultStore
+from l2bn.store import ResultStore
 
 CFG = TrialConfig(data="synthetic", epochs=2, width=4)
 

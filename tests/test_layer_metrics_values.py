@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import l2bn.train
-from l2bn import theory
 from l2bn.config import TrialConfig
-from l2bn.metrics import UpdateTracker, angular_update, layer_metrics, relative_update
+from l2bn.metrics import UpdateTracker, angular_update, group_angles, layer_metrics, relative_update
+from l2bn.schema import LAYERS
 from l2bn.train import Trial
 
 
@@ -35,7 +35,11 @@ def test_angular_update_of_a_known_rotation(theta, whole_layer):
     w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(1))
     w[0] *= 5.0  # units of different norms
     after = rotated(w, theta, scale=1.7)  # a rescaling does not change the angle
-    assert float(angular_update(w, after, whole_layer)) == pytest.approx(theta, rel=1e-3)
+    # every unit turns by theta, so the whole layer does too, and so does each group
+    assert float(angular_update(w, after)) == pytest.approx(theta, rel=1e-3)
+    groups = group_angles(w, after, whole_layer).numpy()
+    assert groups.shape == ((1,) if whole_layer else (8,))
+    np.testing.assert_allclose(groups, theta, rtol=1e-3)
     # ||w' - w|| / ||w|| = sqrt(a^2 - 2 a cos(theta) + 1) for w' = a * (w turned by theta)
     expected_rel = math.sqrt(1.7**2 - 2 * 1.7 * math.cos(theta) + 1)
     assert float(relative_update(w, after)) == pytest.approx(expected_rel, rel=1e-4)
@@ -68,7 +72,10 @@ def test_layer_metrics_by_hand(optimizer, momentum):
         assert row[f"{name}_w_norm"] == pytest.approx(np.linalg.norm(final), rel=1e-5)
         assert row[f"{name}_unit_norm"] == pytest.approx(units.mean(), rel=1e-5)
         assert row[f"{name}_eff_lr"] == pytest.approx(np.mean(0.05 / units**power), rel=1e-5)
-        assert row[f"{name}_angular_update"] == pytest.approx(0.03, rel=1e-3)  # (0.01 + 0.05)/2
+        # RMS over the steps of the whole-layer angle: sqrt((0.01^2 + 0.05^2) / 2)
+        assert row[f"{name}_angular_update"] == pytest.approx(math.sqrt(0.0013), rel=1e-3)
+        assert row[f"{name}_angular_update_group_median"] == pytest.approx(math.sqrt(0.0013), rel=1e-3)
+        assert row[f"{name}_dead_fraction"] == 0
         rel = np.mean([math.sqrt(a * a - 2 * a * math.cos(t) + 1) for a, t in ((1.0, 0.01), (1.1, 0.05))])
         assert row[f"{name}_rel_update"] == pytest.approx(rel, rel=1e-4)
         # ||g_u|| * ||w_u|| per unit before each step: the gradient is fixed and the first
@@ -101,7 +108,7 @@ def test_training_row_metrics_match_the_weights_step_by_step(monkeypatch):
     monkeypatch.setattr(l2bn.train, "after_step", recording)
     row = trial.run_epoch()
     assert len(snapshots) == 1 + 4 and row["steps_per_epoch"] == 4
-    for name in theory.LAYERS:
+    for name in LAYERS:
         steps = list(zip(snapshots[:-1], snapshots[1:], strict=True))
         rel = np.mean([float((b[name] - a[name]).norm() / a[name].norm()) for a, b in steps])
         assert row[f"{name}_rel_update"] == pytest.approx(rel, rel=1e-4)
@@ -116,5 +123,6 @@ def test_training_row_metrics_match_the_weights_step_by_step(monkeypatch):
             a, b = a[name].flatten(), b[name].flatten()
             dot = float(a @ b)  # atan2(|a x b|, a.b), |a x b|^2 = |a|^2 |b|^2 - (a.b)^2
             angles.append(math.atan2(math.sqrt(max(float(a @ a) * float(b @ b) - dot**2, 0.0)), dot))
-        assert row[f"{name}_angular_update"] == pytest.approx(np.mean(angles), rel=2e-3)
+        rms = math.sqrt(np.mean(np.square(angles)))  # the theory fixes the mean squared angle
+        assert row[f"{name}_angular_update"] == pytest.approx(rms, rel=2e-3)
         assert 1e-4 < np.mean(angles) < 0.5

@@ -32,6 +32,7 @@ def test_training_moves_the_convs_and_leaves_the_classifier_at_its_init(norm):
     assert all(torch.equal(a, b) for a, b in zip(fc, trial.model.fc.parameters(), strict=True))
     assert not torch.equal(conv, normalized_weights(trial.model)["conv2"])
     assert row["fc_rel_update"] == 0 and row["conv2_rel_update"] > 0
+    assert row["fc_angular_update"] == 0 and row["conv2_angular_update"] > 0
     assert row["scale_invariant"] is True
 
 

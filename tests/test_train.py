@@ -8,6 +8,7 @@ import torch
 
 import l2bn.train
 from l2bn.config import TrialConfig
+from l2bn.schema import MEASURED
 from l2bn.train import train
 
 SMALL = dict(data="synthetic", device="cpu", width=4, batch_size=64, epochs=2, n_test=128)
@@ -97,8 +98,10 @@ def test_divergence_in_a_later_epoch_keeps_the_last_finite_metrics(monkeypatch, 
     cfg = TrialConfig(**{**SMALL, "epochs": 4, "n_train": 256}, optimizer="sgd", lr=0.05, l2=1e-3)
     states = []
     rows, final = _run(cfg, save_state=states.append)
-    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] is final  # stopped in epoch 2
-    assert [r["diverged"] for r in rows] == [False, True]
+    assert [r["epoch"] for r in rows] == [1, 2] and final["epoch"] == 2  # stopped in epoch 2
+    assert [r["diverged"] for r in rows] == [False, True] and final["diverged"] is True
+    # the history row of the diverged epoch measured nothing; the summary carries epoch 1's
+    assert all(rows[-1][k] is None or math.isnan(rows[-1][k]) for k in MEASURED)
     assert [s["epoch"] for s in states] == [1]  # no checkpoint of the diverged epoch
     assert math.isfinite(final["test_error"]) and math.isfinite(final["conv2_w_norm"])
     carried = {k: v for k, v in _strip(final).items() if k not in ("epoch", "diverged")}
