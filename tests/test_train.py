@@ -53,7 +53,7 @@ def test_resume_from_saved_state_equals_uninterrupted_run():
     resumed, final = _run(cfg, resume=states[0])
     assert [r["epoch"] for r in resumed] == [2, 3]
     assert [_strip(r) for r in resumed] == [_strip(r) for r in full[1:]]
-    assert len(states[0]["history"]) == 1
+    assert [len(h) for h in states[0]["histories"]] == [1]
 
 
 def test_divergence_ends_trial_without_raising():
