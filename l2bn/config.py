@@ -25,6 +25,9 @@ EXECUTION_FIELDS = ("device", "data_dir")
 # Fields added after the first results were written enter the trial id only when they differ
 # from these defaults, so every earlier grid point keeps its id (resumes, file names).
 ADDED_FIELDS = {"scale_invariant": False}
+# The fields in which the members of a fused group (one stack of models, l2bn/stack.py) may
+# differ: they only set each model's optimizer hyper-parameters, never a tensor's shape.
+FUSED_FIELDS = ("lr", "l2")
 
 _CHOICES = {
     "optimizer": OPTIMIZERS,
@@ -101,6 +104,12 @@ class TrialConfig:
     def momentum(self) -> float:
         """SGD momentum coefficient (0 except for optimizer=momentum)."""
         return 0.9 if self.optimizer == "momentum" else 0.0
+
+
+def group_key(cfg: TrialConfig) -> str:
+    """Configs with the same key can train as one fused group (all fields but lr and l2)."""
+    row = {k: v for k, v in cfg.to_row().items() if k not in FUSED_FIELDS}
+    return json.dumps(row, sort_keys=True, default=repr)
 
 
 @functools.cache

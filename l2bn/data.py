@@ -149,8 +149,8 @@ def load_cifar10(source: str, data_dir: str | None, device: torch.device,
 @functools.cache
 def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """MEAN and STD as (1, 3, 1, 1) tensors, made once per device (not a host copy per step)."""
-    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(STD, device=device).view(1, 3, 1, 1))
+    return (torch.tensor(MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1),
+            torch.tensor(STD, device=device, dtype=torch.float32).view(1, 3, 1, 1))
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

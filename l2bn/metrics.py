@@ -42,12 +42,24 @@ def relative_update(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return (after - before).norm() / before.norm().clamp_min(1e-30)
 
 
-class UpdateTracker:
-    """Accumulates per-step update statistics for named weights over one epoch."""
+def grad_norm_unit(weight: torch.Tensor, grad: torch.Tensor, whole_layer: bool = False) -> torch.Tensor:
+    """Mean over scale-invariant groups of the gradient norm at unit weight norm: by scale
+    invariance the gradient at w/||w|| is grad(w)*||w|| (docs/theory.md#scale-invariance)."""
+    return (unit_norms(grad, whole_layer) * unit_norms(weight, whole_layer)).mean()
 
-    def __init__(self, weights: dict[str, torch.Tensor], whole_layer: set[str] = frozenset()):
+
+class UpdateTracker:
+    """Accumulates per-step update statistics for named weights over one epoch.
+
+    With `stacked=True` each weight is a (K, ...) stack of K models' weights (l2bn/stack.py)
+    and every statistic is the same function vmapped over the K models: (K,) sums.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor], whole_layer: set[str] = frozenset(),
+                 stacked: bool = False):
         self.weights = weights
         self.whole_layer = whole_layer
+        self.stacked = stacked
         self.before: dict[str, torch.Tensor] = {}
         self.reset()
 
@@ -61,20 +73,35 @@ class UpdateTracker:
         for name, w in self.weights.items():
             self.before[name] = w.detach().clone()
             if w.grad is not None:
-                # By scale invariance the gradient at w/||w|| is grad(w)*||w|| (claim 2).
                 whole = name in self.whole_layer
-                g_hat = (unit_norms(w.grad, whole) * unit_norms(w, whole)).mean()
+                g_hat = self._apply(lambda v, g, whole=whole: grad_norm_unit(v, g, whole),
+                                    w.detach(), w.grad)
                 self._add(name, "grad_norm_unit", g_hat)
 
     @torch.no_grad()
     def update(self) -> None:
         """Add this step's update statistics (call after the step and any projection)."""
         for name, w in self.weights.items():
-            before = self.before[name]
-            self._add(name, "rel_update", relative_update(before, w))
-            self._add(name, "angle_sq", angular_update(before, w) ** 2)
-            self._add(name, "group_angle_sq", group_angles(before, w, name in self.whole_layer) ** 2)
+            before, after, whole = self.before[name], w.detach(), name in self.whole_layer
+            self._add(name, "rel_update", self._apply(relative_update, before, after))
+            self._add(name, "angle_sq", self._apply(angular_update, before, after) ** 2)
+            self._add(name, "group_angle_sq", self._apply(
+                lambda a, b, whole=whole: group_angles(a, b, whole), before, after) ** 2)
         self.steps += 1
+
+    def _apply(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
+        """fn on one model's tensors, or vmapped over the first dimension of a stack."""
+        return torch.vmap(fn)(*tensors) if self.stacked else fn(*tensors)
+
+    def select(self, keep: torch.Tensor, weights: dict[str, torch.Tensor]) -> None:
+        """Keep the stacked models at positions `keep`; `weights` are the stack's new tensors."""
+        self.weights = weights
+        self.sums = {name: {k: v[keep] for k, v in sums.items()} for name, sums in self.sums.items()}
+
+    def stacked_means(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-name per-key means over the epoch's steps, as (K,) tensors left on the device."""
+        n = max(self.steps, 1)
+        return {name: {k: v / n for k, v in sums.items()} for name, sums in self.sums.items()}
 
     def _add(self, name: str, key: str, value: torch.Tensor) -> None:
         sums = self.sums[name]
@@ -102,15 +129,15 @@ def angle_columns(name: str, m: dict) -> dict[str, float]:
             f"{name}_dead_fraction": float((groups < DEAD_RELATIVE * layer).mean())}
 
 
-
 def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
-                  normalized: set[str]) -> dict[str, float]:
+                  normalized: set[str], means: dict[str, dict] | None = None) -> dict[str, float]:
     """Flat per-layer columns: <layer>_w_norm, _unit_norm, _rel_update, angle_columns(),
     _grad_norm_unit, _eff_lr (measured) and _pred_angular_update (theory's equilibrium value
     for the layer's group size, NaN where it does not apply: layers without a normalization,
-    the projection update, l2 = 0)."""
+    the projection update, l2 = 0). `means`: one model's tracker means when the tracker is
+    stacked (default tracker.means())."""
     row: dict[str, float] = {}
-    means = tracker.means()
+    means = tracker.means() if means is None else means
     for name, w in weights.items():
         units = unit_norms(w, name in tracker.whole_layer).cpu().numpy()
         m = means[name]

@@ -13,19 +13,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrialConfig, field_types
+from .config import FUSED_FIELDS, ConfigError, TrialConfig, field_types, group_key
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
-from .model import ConvNet, layer_weight, normalized_weights, whole_layer_group
-from .optim import after_step, build_optimizer, project_
+from .model import ConvNet
+from .optim import StackedOptimizer, project_
 from .provenance import run_info
-from .schema import LAYERS, config_columns, diverged_row, final_row
+from .schema import config_columns, diverged_row, final_row
+from .stack import ModelStack
 
 Row = dict[str, Any]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
 # A mean training loss 100x that of chance (ln 10) means the run has blown up even when
 # float32 still holds the numbers; such a trial counts as diverged like a NaN one.
 DIVERGENCE_LOSS = 100 * math.log(10)
+EVAL_IMAGES_X_MODELS = 16_000  # evaluation batch x models in the stack: bounds its memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,131 +40,242 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trial:
-    """Model, optimizer, data and RNG of one trial; `state()`/`load()` for checkpoints."""
+    """One group of K grid points (configs equal but for lr and l2, see config.group_key)
+    trained as one stack of K models on the same minibatches: each model has its own
+    parameters, batch-norm statistics, lr and l2; K = 1 is a single trial. A model that
+    diverges is frozen out of the stack; the others go on. `state()`/`load()` checkpoint
+    the whole group."""
 
-    def __init__(self, cfg: TrialConfig):
-        self.cfg = cfg
+    def __init__(self, cfgs: TrialConfig | list[TrialConfig], precision: str = "fp32"):
+        self.cfgs = [cfgs] if isinstance(cfgs, TrialConfig) else list(cfgs)
+        check_group(self.cfgs)
+        cfg = self.cfg = self.cfgs[0]  # the fields every member shares
         self.device = resolve_device(cfg.device)
+        self.autocast = precision == "bf16" and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.seed)
         self.train_set, self.test_set = load_cifar10(
             cfg.data, cfg.data_dir, self.device, cfg.n_train, cfg.n_test)
-        self.model = ConvNet(cfg.norm, cfg.width, scale_invariant=cfg.scale_invariant).to(self.device)
+        # every member starts from this one model
+        template = ConvNet(cfg.norm, cfg.width, scale_invariant=cfg.scale_invariant).to(self.device)
         if cfg.update == "projection":
-            project_(self.model)  # start on the unit sphere, as every later step will be
-        self.optimizer = build_optimizer(self.model, cfg)
+            project_(template)  # start on the unit sphere, as every later step will be
+        self.stack = ModelStack(template, len(self.cfgs))
+        self.optimizer = StackedOptimizer(self.cfgs, self.stack.decayed(cfg.l2_scope), self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.weights = {n: layer_weight(self.model, n) for n in LAYERS}
-        self.normalized = set(normalized_weights(self.model))
-        whole = {n for n in self.weights if whole_layer_group(self.model, n)}
-        self.tracker = UpdateTracker(self.weights, whole)
+        self.tracker = UpdateTracker(self.stack.weights(), self.stack.whole_layer, stacked=True)
+        self.active = list(range(len(self.cfgs)))  # member index of each model in the stack
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
-        self.history: list[Row] = []
+        self.histories: list[list[Row]] = [[] for _ in self.cfgs]
         self.info = run_info(self.device)
+
+    @property
+    def history(self) -> list[Row]:
+        """The first member's rows (the trial's rows when K = 1)."""
+        return self.histories[0]
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue after `self.epoch` exactly as if never stopped."""
-        # Deep copies: state_dict() returns the live tensors, which training keeps mutating.
+        # Deep copies: training keeps mutating the live tensors.
         return copy.deepcopy({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "trial_ids": [c.trial_id for c in self.cfgs], "active": self.active,
+            "params": {n: p.detach() for n, p in self.stack.params.items()},
+            "buffers": self.stack.buffers, "optimizer": self.optimizer.state_dict(),
             "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step,
-            "elapsed": self.elapsed, "history": self.history})
+            "elapsed": self.elapsed, "histories": self.histories})
 
     def load(self, state: dict[str, Any]) -> None:
-        """Restore from `state()`."""
-        self.model.load_state_dict(state["model"])
+        """Restore from `state()` of a Trial over the same configs."""
+        if state["trial_ids"] != [c.trial_id for c in self.cfgs]:
+            raise ValueError("checkpoint is of another group of trials")
+        self.active = list(state["active"])
+        self.stack.params = {n: p.to(self.device).requires_grad_() for n, p in state["params"].items()}
+        self.stack.buffers = {n: b.to(self.device) for n, b in state["buffers"].items()}
         self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.select(torch.arange(len(self.active)), self.stack.weights())
         self.gen.set_state(state["gen"])
         self.epoch, self.step = state["epoch"], state["step"]
-        self.elapsed, self.history = state["elapsed"], list(state["history"])
+        self.elapsed, self.histories = state["elapsed"], [list(h) for h in state["histories"]]
 
-    def train_epoch(self) -> dict[str, float] | None:
-        """One pass over the training set; None if the loss or weights became non-finite."""
-        cfg, model, opt = self.cfg, self.model, self.optimizer
-        model.train()
+    def drop(self, trial_ids: set[str]) -> None:
+        """Stop training these members without writing rows (e.g. already finished elsewhere)."""
+        keep = [pos for pos, m in enumerate(self.active) if self.cfgs[m].trial_id not in trial_ids]
+        self._keep(keep)
+
+    def _keep(self, positions: list[int]) -> None:
+        """Shrink the stack to the models at these positions (all per-model state with it)."""
+        if len(positions) == len(self.active):
+            return
+        keep = torch.tensor(positions, dtype=torch.long, device=self.device)
+        self.stack.select(keep)
+        self.optimizer.select(keep)
+        self.tracker.select(keep, self.stack.weights())
+        self.active = [self.active[pos] for pos in positions]
+
+    def _freeze(self, blown: list[bool], step: int, rows: list[Row]) -> None:
+        """Record the models flagged in `blown` as diverged in epoch self.epoch + 1 and drop
+        them from the stack; the other models are untouched."""
+        for pos, member in enumerate(self.active):
+            if blown[pos]:
+                row = diverged_row(self.cfgs[member], self.epoch + 1, step, self.info)
+                self.histories[member].append(row)
+                rows.append(row)
+        self._keep([pos for pos, b in enumerate(blown) if not b])
+
+    def train_epoch(self, rows: list[Row] | None = None) -> dict[str, Any] | None:
+        """One pass over the training set for every model in the stack; per-model loss and
+        error sums stay on the device. Models whose loss or weights become non-finite (or whose
+        loss blows up) are frozen, their diverged rows appended to `rows`; None if none is left."""
+        rows = [] if rows is None else rows
+        cfg, stack = self.cfg, self.stack
         self.tracker.reset()
-        loss_sum = torch.zeros((), device=self.device)
-        err_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros(len(stack), device=self.device)
+        err_sum = torch.zeros(len(stack), device=self.device)
         batches = epoch_batches(len(self.train_set), cfg.batch_size, self.gen, self.device)
         for i, idx in enumerate(batches):
             images = self.train_set.images[idx]
             if cfg.augment:
                 images = augment(images, self.gen)
             labels = self.train_set.labels[idx]
-            logits = model(normalize(images))
-            loss = F.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            logits = self._forward(images, training=True)  # (K, N, 10)
+            losses = per_model_loss(logits, labels)
+            stack.zero_grad()
+            losses.sum().backward()  # model k's gradient is that of its own loss
             self.tracker.snapshot()
-            opt.step()
-            after_step(model, cfg)
+            self.optimizer.step(stack.params)
+            after_step(stack, cfg)
             self.tracker.update()
-            loss_sum += loss.detach() * len(idx)
-            err_sum += (logits.argmax(1) != labels).sum()
-            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and self._blown_up(loss_sum / (i + 1) / len(idx)):
-                return None
+            loss_sum += losses.detach() * len(idx)
+            err_sum += (logits.detach().argmax(2) != labels).sum(1)
+            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0:
+                blown = self._blown_up(loss_sum / (i + 1) / len(idx)).tolist()  # one host read
+                if any(blown):
+                    keep = torch.tensor([not b for b in blown], device=self.device)
+                    loss_sum, err_sum = loss_sum[keep], err_sum[keep]
+                    self._freeze(blown, self.step, rows)
+                    if not self.active:
+                        return None
         self.step += len(batches)
         n = sum(len(idx) for idx in batches)
-        if self._blown_up(loss_sum / n) or not self._weights_finite():
+        blown = (self._blown_up(loss_sum / n) | ~stack.finite()).tolist()  # one host read
+        keep = torch.tensor([not b for b in blown], device=self.device)
+        self._freeze(blown, self.step, rows)
+        if not self.active:
             return None
-        return {"train_loss": float(loss_sum) / n, "train_error": float(err_sum) / n,
+        return {"loss_sum": loss_sum[keep], "err_sum": err_sum[keep],
                 "steps_per_epoch": len(batches), "train_images": n}
 
-    @staticmethod
-    def _blown_up(mean_loss: torch.Tensor) -> bool:
-        return not bool(torch.isfinite(mean_loss)) or float(mean_loss) > DIVERGENCE_LOSS
+    def _forward(self, images: torch.Tensor, training: bool) -> torch.Tensor:
+        x = normalize(images)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.stack.dtype)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            logits = self.stack.forward(x, training)
+        return logits.float() if self.autocast else logits
 
-    def _weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+    @staticmethod
+    def _blown_up(mean_loss: torch.Tensor) -> torch.Tensor:
+        """(K,) bool: the model's mean loss is non-finite or above DIVERGENCE_LOSS."""
+        return ~torch.isfinite(mean_loss) | (mean_loss > DIVERGENCE_LOSS)
 
     @torch.inference_mode()
-    def evaluate(self, split: Split, batch_size: int = 1000) -> dict[str, float]:
-        """Mean loss and error on a split, in eval mode (batch norm uses running statistics)."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        err_sum = torch.zeros((), device=self.device)
+    def evaluate(self, split: Split, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+        """Per-model mean loss and error on a split (K,), on the device; batch norm uses its
+        running statistics."""
+        batch_size = max(50, min(batch_size, EVAL_IMAGES_X_MODELS // len(self.stack)))
+        loss_sum = torch.zeros(len(self.stack), device=self.device)
+        err_sum = torch.zeros(len(self.stack), device=self.device)
         for start in range(0, len(split), batch_size):
-            images = normalize(split.images[start:start + batch_size])
             labels = split.labels[start:start + batch_size]
-            logits = self.model(images)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            err_sum += (logits.argmax(1) != labels).sum()
-        return {"test_loss": float(loss_sum) / len(split), "test_error": float(err_sum) / len(split)}
+            logits = self._forward(split.images[start:start + batch_size], training=False)
+            loss_sum += per_model_loss(logits, labels, reduction="sum")
+            err_sum += (logits.argmax(2) != labels).sum(1)
+        return {"test_loss": loss_sum / len(split), "test_error": err_sum / len(split)}
 
     @property
     def done(self) -> bool:
-        """True once every epoch ran or the trial diverged."""
-        return self.epoch >= self.cfg.epochs or bool(self.history and self.history[-1]["diverged"])
+        """True once every epoch ran or every model diverged."""
+        return self.epoch >= self.cfg.epochs or not self.active
 
-    def run_epoch(self) -> Row:
-        """Train and evaluate one epoch, append its history row and return it; the row has
-        diverged=True, and NaN for everything it did not measure, if training blew up."""
+    def run_epoch(self) -> list[Row]:
+        """Train and evaluate one epoch; append each member's row to its history and return
+        the rows written (one per model in the stack at the epoch's start): diverged=True, and
+        NaN for everything it did not measure, for a model that blew up."""
         start = time.perf_counter()
-        train_stats = self.train_epoch()
+        rows: list[Row] = []
+        stats = self.train_epoch(rows)
         self.epoch += 1
-        if train_stats is None:
-            row = diverged_row(self.cfg, self.epoch, self.step, self.info)
-            self.history.append(row)
-            return row
+        if stats is None:
+            return rows
         self._sync()
         train_time = time.perf_counter() - start
-        row = {**config_columns(self.cfg), "epoch": self.epoch, "step": self.step,
-               **train_stats, **self.evaluate(self.test_set),
-               **layer_metrics(self.cfg, self.weights, self.tracker, self.normalized)}
+        n = stats["train_images"]
+        # Everything measured, per model, moved to the host in one go.
+        host = _to_host({"train_loss": stats["loss_sum"] / n, "train_error": stats["err_sum"] / n,
+                         **self.evaluate(self.test_set), "means": self.tracker.stacked_means(),
+                         "weights": {k: w.detach() for k, w in self.stack.weights().items()}})
         epoch_time = time.perf_counter() - start
         self.elapsed += epoch_time
-        row.update(epoch_time_s=epoch_time, time_s=self.elapsed,
-                   images_per_s=train_stats["train_images"] / train_time, diverged=False,
-                   **self.info)
-        self.history.append(row)
-        return row
+        for pos, member in enumerate(self.active):
+            cfg = self.cfgs[member]
+            means = {name: {k: v[pos].item() if v[pos].dim() == 0 else v[pos].numpy()
+                             for k, v in m.items()} for name, m in host["means"].items()}
+            weights = {name: w[pos] for name, w in host["weights"].items()}
+            row = {**config_columns(cfg), "epoch": self.epoch, "step": self.step,
+                   **{k: float(host[k][pos]) for k in ("train_loss", "train_error")},
+                   "steps_per_epoch": stats["steps_per_epoch"], "train_images": n,
+                   **{k: float(host[k][pos]) for k in ("test_loss", "test_error")},
+                   **layer_metrics(cfg, weights, self.tracker, self.stack.normalized, means),
+                   "epoch_time_s": epoch_time, "time_s": self.elapsed,
+                   "images_per_s": n / train_time, "diverged": False, **self.info}
+            self.histories[member].append(row)
+            rows.append(row)
+        return rows
+
+    def summaries(self) -> list[Row]:
+        """Each member's summary row (schema.final_row); {} for one that ran no epoch."""
+        return [final_row(h) if h else {} for h in self.histories]
 
     def summary(self) -> Row:
-        """The trial's summary row (schema.final_row: last finite metrics if it diverged)."""
-        return final_row(self.history)
+        """The first member's summary row (the trial's when K = 1)."""
+        return self.summaries()[0]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def after_step(stack: ModelStack, cfg: TrialConfig) -> None:
+    """What follows every optimizer step: the projection for update='projection'."""
+    if cfg.update == "projection":
+        stack.project_()
+
+
+def check_group(cfgs: list[TrialConfig]) -> None:
+    """A group is non-empty, has distinct members, and they differ only in lr and l2."""
+    if not cfgs:
+        raise ValueError("a group needs at least one config")
+    keys = {group_key(c) for c in cfgs}
+    if len(keys) > 1:
+        raise ValueError(f"configs of one group may differ only in {FUSED_FIELDS}")
+    if len({c.trial_id for c in cfgs}) < len(cfgs):
+        raise ValueError("a group holds the same config twice")
+
+
+def per_model_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """(K,) cross-entropy of each model's logits (K, N, C) against the shared labels (N,)."""
+    k, n, c = logits.shape
+    losses = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n)
+    return losses.mean(1) if reduction == "mean" else losses.sum(1)
+
+
+def _to_host(tree: Any) -> Any:
+    """Dicts of device tensors -> the same on the CPU."""
+    if isinstance(tree, dict):
+        return {k: _to_host(v) for k, v in tree.items()}
+    return tree.cpu() if isinstance(tree, torch.Tensor) else tree
 
 
 def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
@@ -177,7 +290,7 @@ def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
     if resume is not None:
         trial.load(resume)
     while not trial.done:
-        row = trial.run_epoch()
+        (row,) = trial.run_epoch()
         if save_state is not None and not row["diverged"]:
             save_state(trial.state())
         report(row)

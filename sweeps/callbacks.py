@@ -13,23 +13,28 @@ from l2bn.provenance import VERSIONS, run_info
 from l2bn.schema import HISTORY, Row, config_columns, final_row
 from l2bn.store import ResultStore
 
-from .trainable import trial_config
+from .trainable import FINISHED, group_configs, trial_config
 
 
 class FailedTrialWriter(Callback):
-    """Writes the summary row of a trial that errored after all its retries (status failed)."""
+    """Writes a `failed` summary row for each grid point of a group (Tune trial) that errored
+    after all its retries."""
 
     def __init__(self, store: ResultStore, overrides: dict[str, Any] | None = None):
         self.store = store
         self.overrides = dict(overrides or {})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        cfg = trial_config(trial.config, self.overrides)
-        row = self._last_row(cfg.trial_id)
-        if row is None:  # failed before its first epoch: config and the driver's versions
-            info_now = run_info(torch.device("cpu"))
-            row = {**config_columns(cfg), **{k: info_now[k] for k in VERSIONS}}
-        self.store.write_trial(row, "failed", wall_time_s=None, error=_error_text(trial))
+        error = _error_text(trial)
+        for cfg in group_configs(trial.config, self.overrides):
+            done = self.store.read_trial(cfg.trial_id)
+            if done is not None and done["status"] in FINISHED:
+                continue  # a member that finished before the group failed keeps its row
+            row = self._last_row(cfg.trial_id)
+            if row is None:  # failed before its first epoch: config and the driver's versions
+                info_now = run_info(torch.device("cpu"))
+                row = {**config_columns(cfg), **{k: info_now[k] for k in VERSIONS}}
+            self.store.write_trial(row, "failed", wall_time_s=None, error=error)
 
     def _last_row(self, trial_id: str) -> Row | None:
         path = self.store.path(HISTORY, trial_id)
@@ -93,7 +98,9 @@ class Progress(Callback):
         cfg = trial_config(trial.config)
         what = "diverged" if r.get("diverged") else "done"
         err = r.get("test_error", float("nan"))
-        self._print(f"{what} {cfg.trial_id} {cfg.optimizer} lr={cfg.lr:g} l2={cfg.l2:g} "
+        n = len(trial.config["group"])
+        point = f"lr={cfg.lr:g} l2={cfg.l2:g}" if n == 1 else f"{n} lr x l2 points"
+        self._print(f"{what} {cfg.trial_id if n == 1 else trial.trial_id} {cfg.optimizer} {point} "
                     f"{cfg.norm}/{cfg.update}/{cfg.l2_scope} seed={cfg.seed}: "
                     f"epoch {r.get('epoch', '?')}/{cfg.epochs} test_error={err:.4f}")
 
@@ -124,7 +131,7 @@ class Progress(Callback):
     def _counts(trials: list) -> tuple[int, int, int, int, int, int]:
         done = running = pending = failed = total = finished_epochs = 0
         for t in trials:
-            epochs = int(t.config["trial"]["epochs"])
+            epochs = int(t.config["group"][0]["epochs"])
             total += epochs
             if t.status == "TERMINATED":
                 done += 1

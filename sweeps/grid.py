@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from l2bn.config import ConfigError, TrialConfig
+from l2bn.config import ConfigError, TrialConfig, group_key
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 FIELDS = tuple(f.name for f in fields(TrialConfig))
@@ -291,6 +291,16 @@ def load_grid(name_or_path: str, overrides: dict[str, Any] | None = None) -> Gri
     for key, value in (overrides or {}).items():
         grid.override(key, value)
     return grid
+
+
+def groups(configs: list[TrialConfig], fuse: int | None) -> list[list[TrialConfig]]:
+    """Configs that differ only in lr and l2 (config.group_key), in grid order, cut into
+    groups of at most `fuse` (None: whole groups); each group is one Tune trial."""
+    by_key: dict[str, list[TrialConfig]] = {}
+    for cfg in configs:
+        by_key.setdefault(group_key(cfg), []).append(cfg)
+    size = fuse or max(len(g) for g in by_key.values())
+    return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
 
 
 def summary(configs: list[TrialConfig], grid: Grid | None = None) -> str:

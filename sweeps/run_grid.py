@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
-from sweeps.grid import GridError, load_grid, parse_value, summary  # noqa: E402
+from sweeps.grid import GridError, groups, load_grid, parse_value, summary  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE = 1, 130, 2
@@ -48,6 +48,7 @@ class SweepOptions:
     progress_interval: float = 30.0
     progress: bool = True                   # print live progress lines
     grid_source: str = ""
+    fuse: int | None = 1                    # models per Tune trial (None: whole lr x l2 groups)
 
 
 @dataclass
@@ -91,7 +92,8 @@ def _env_for_workers() -> dict[str, str]:
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
-    """Run (or resume) every config as one Tune trial; return the counted outcome."""
+    """Run (or resume) the configs, one Tune trial per group of at most `opts.fuse` grid points
+    that differ only in lr and l2; return the counted outcome."""
     # Keep Tune's own files light (our Parquet files are the record) and paths absolute.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -130,10 +132,10 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
         print(f"resuming sweep '{opts.name}' from {path}", flush=True)
         tuner = Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        rows = [c.to_row() for c in configs]
+        rows = [[c.to_row() for c in group] for group in groups(configs, opts.fuse)]
         tuner = Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(rows)},
+            param_space={"group": tune.grid_search(rows)},
             tune_config=TuneConfig(reuse_actors=opts.reuse_actors, trial_name_creator=trial_name,
                                    trial_dirname_creator=trial_dirname),
             run_config=RunConfig(
@@ -148,6 +150,16 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
         row = store.read_trial(cfg.trial_id)
         statuses[cfg.trial_id] = row["status"] if row else "missing"
     return SweepOutcome(statuses, fit_wall, store.uri())
+
+
+def parse_fuse(value: str, gpus_per_trial: float) -> int | None:
+    """--fuse: a positive int, or auto (None = whole groups on a GPU, 1 on CPUs: fusion was
+    not measured faster there, see README)."""
+    if value == "auto":
+        return None if gpus_per_trial > 0 else 1
+    if not value.isdigit() or int(value) < 1:
+        raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
+    return int(value)
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -182,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=_default("address"),
                    help="Ray cluster to join ('auto' = the running one; also $RAY_ADDRESS); "
                         "default: start a local Ray instance")
+    p.add_argument("--fuse", default="auto", metavar="N|auto",
+                   help="grid points (differing only in lr and l2) trained as one stack of models "
+                        "per Tune trial; 1 = one model per trial; auto = whole lr x l2 groups "
+                        "with --gpus-per-trial > 0, else 1")
     p.add_argument("--cpus-per-trial", type=float, default=_default("cpus_per_trial"))
     p.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
                   help="fractions share a GPU, e.g. 0.25")
@@ -211,11 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        fuse = parse_fuse(args.fuse, args.gpus_per_trial)
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sizes = [len(g) for g in groups(configs, fuse)]
+    fused = (f"{len(sizes)} Tune trials of {min(sizes)}-{max(sizes)} models each "
+             f"(--fuse {args.fuse})")
     if args.dry_run:
         from analysis.plan import describe  # the collapse check's forecast for this grid
 
         print(summary(configs, grid))
         print(describe(configs))
+        print(fused)
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS")
     data_dir = overrides.get("data_dir")
@@ -232,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         max_failures=args.max_failures, reuse_actors=args.reuse_actors, num_cpus=args.num_cpus,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         overrides={k: v for k, v in overrides.items() if k in EXECUTION_FIELDS},
-        progress_interval=args.progress_interval, grid_source=Path(grid.path).read_text())
-    print(f"sweep '{opts.name}': {len(configs)} trials -> {opts.storage}/{opts.name}", flush=True)
+        progress_interval=args.progress_interval, grid_source=Path(grid.path).read_text(),
+        fuse=fuse)
+    print(f"sweep '{opts.name}': {len(configs)} trials as {fused} -> {opts.storage}/{opts.name}",
+          flush=True)
     try:
         outcome = run_sweep(configs, opts)
     except GridError as exc:

@@ -1,14 +1,17 @@
 """The Ray Tune trainable: a thin shell that drives l2bn.train.Trial (which knows nothing of Ray).
 
-It owns the epoch loop, as Ray's own examples do: per epoch it rewrites the trial's history
-Parquet file, then reports to Tune with a checkpoint (`Trial.state()`), so a retried or
-resumed trial continues after its last finished epoch. At the end it writes the trial's
-summary row (completed or diverged). A trial whose summary row
-already says completed/diverged is not trained again (a resumed sweep skips finished work
-even if Tune's own experiment state was saved before the trial finished).
+One Tune trial is one group of grid points (`config["group"]`, rows differing only in lr and
+l2; a group of one is a single grid point), trained as one stack of models. The trainable
+owns the epoch loop, as Ray's own examples do: per epoch it rewrites each member's history
+Parquet file, then reports to Tune with a checkpoint of the whole group (`Trial.state()`), so
+a retried or resumed group continues after its last finished epoch. At the end it writes
+each member's summary row (completed or diverged). Members whose summary row already says
+completed/diverged are not trained again (a resumed sweep skips finished work even if Tune's
+own experiment state was saved before they finished, or grouped them differently).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -20,76 +23,97 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from l2bn.config import TrialConfig
-from l2bn.schema import Row
 from l2bn.store import ResultStore
 from l2bn.train import Trial
 
 STATE_FILE = "state.pt"
-# Few keys: Tune keeps per-key statistics of every metric in its experiment state.
-REPORTED = ("epoch", "test_error", "diverged")
 FINISHED = ("completed", "diverged")
 
 
-def tune_metrics(row: Row) -> dict[str, Any]:
-    """The few columns Tune needs to see (the Parquet files hold the full rows)."""
-    # "trial_id" is a Tune-reserved result key, so l2bn's id travels under another name.
-    return {"l2bn_trial_id": row["trial_id"], **{k: row[k] for k in REPORTED if k in row}}
+def group_configs(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
+    """The grid points of a Tune trial's group (its config, or a Tune Trial's `.config`), with
+    this run's execution fields (data_dir, device) when given."""
+    return [TrialConfig.from_dict({**row, **(overrides or {})}) for row in config["group"]]
 
 
 def trial_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrialConfig:
-    """The grid point in a Tune config (the trainable's, or a Tune Trial's `.config`), with
-    this run's execution fields (data_dir, device) when given."""
-    return TrialConfig.from_dict({**config["trial"], **(overrides or {})})
+    """The group's first grid point (what the group's members share but lr and l2)."""
+    return group_configs(config, overrides)[0]
 
 
-def _restore(trial: Trial) -> float:
-    """Load Tune's last checkpoint into the trial, if any; return the wall seconds spent so far."""
+def _restore(cfgs: list[TrialConfig]) -> tuple[Trial, float]:
+    """A Trial over the members of Tune's last checkpoint (else over `cfgs`), loaded from it;
+    and the wall seconds spent so far."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return 0.0
+        return Trial(cfgs), 0.0
     with checkpoint.as_directory() as d:
         saved = torch.load(os.path.join(d, STATE_FILE), weights_only=False, map_location="cpu")
+    by_id = {c.trial_id: c for c in cfgs}
+    trial = Trial([by_id[t] for t in saved["state"]["trial_ids"]])
     trial.load(saved["state"])
-    return saved["wall_time_s"]
+    return trial, saved["wall_time_s"]
 
 
-def _report(row: Row, state: dict[str, Any] | None, wall_time_s: float) -> None:
+def group_metrics(trial: Trial) -> dict[str, Any]:
+    """What Tune sees of a group's epoch: models still training, best test error."""
+    last = [h[-1] for h in trial.histories if h]
+    errors = [r["test_error"] for r in last if not r["diverged"]]
+    return {"epoch": trial.epoch, "models": len(trial.active),
+            "test_error": min(errors) if errors else float("nan"),
+            "diverged": all(r["diverged"] for r in last) if last else False}
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None, wall_time_s: float) -> None:
     """tune.report the epoch, with a checkpoint of `state` when one is given."""
     if state is None:
-        tune.report(tune_metrics(row))
+        tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save({"state": state, "wall_time_s": wall_time_s}, os.path.join(d, STATE_FILE))
-        tune.report(tune_metrics(row), checkpoint=Checkpoint.from_directory(d))
+        tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
 
 def run_trial(config: dict[str, Any], *, store: ResultStore, overrides: dict[str, Any],
               threads: int, checkpoint_every: int = 1) -> None:
-    """Train one grid point epoch by epoch: rewrite its history file, then report to Tune with
-    a checkpoint every `checkpoint_every` epochs; at the end write its summary row."""
+    """Train one group of grid points as one stack, epoch by epoch: rewrite each member's
+    history file, then report to Tune with a checkpoint (the whole group) every
+    `checkpoint_every` epochs; at the end write each member's summary row. Members whose
+    summary row says completed/diverged are not trained again."""
     torch.set_num_threads(threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint created" per epoch
-    cfg = trial_config(config, overrides)
-    done = store.read_trial(cfg.trial_id)
-    if done is not None and done["status"] in FINISHED:
-        tune.report(tune_metrics(done))
+    cfgs = group_configs(config, overrides)
+    finished = {c.trial_id for c in cfgs
+                if (row := store.read_trial(c.trial_id)) is not None and row["status"] in FINISHED}
+    todo = [c for c in cfgs if c.trial_id not in finished]
+    if not todo:
+        tune.report({"epoch": cfgs[0].epochs, "models": 0, "diverged": False})
         return
-    trial = Trial(cfg)
-    wall_before = _restore(trial)
+    trial, wall_before = _restore(todo)
+    trial.drop(finished)
     start = time.perf_counter()
     while not trial.done:
-        row = trial.run_epoch()
-        store.write_history(trial.history)  # before the checkpoint: a resumed trial never lacks an epoch
-        due = not row["diverged"] and row["epoch"] % checkpoint_every == 0
-        _report(row, trial.state() if due else None, wall_before + time.perf_counter() - start)
-    final = trial.summary()
-    status = "diverged" if final["diverged"] else "completed"
-    store.write_trial(final, status, wall_time_s=wall_before + time.perf_counter() - start)
+        rows = trial.run_epoch()
+        for row in rows:  # before the checkpoint: a resumed group never lacks an epoch
+            store.write_history(trial.histories[_member(trial, row["trial_id"])])
+        due = bool(trial.active) and trial.epoch % checkpoint_every == 0
+        _report(group_metrics(trial), trial.state() if due else None,
+                wall_before + time.perf_counter() - start)
+    wall = wall_before + time.perf_counter() - start
+    for cfg, final in zip(trial.cfgs, trial.summaries(), strict=True):
+        if final and cfg.trial_id not in finished:
+            store.write_trial(final, "diverged" if final["diverged"] else "completed", wall_time_s=wall)
+
+
+def _member(trial: Trial, trial_id: str) -> int:
+    return next(i for i, c in enumerate(trial.cfgs) if c.trial_id == trial_id)
 
 
 def trial_name(trial: Any) -> str:
-    """Tune's display name: the l2bn trial id (stable across runs)."""
-    return trial_config(trial.config).trial_id
+    """Tune's display name: the l2bn trial id of a group of one, else `g` + a hash of the
+    members' ids (stable across runs)."""
+    ids = [c.trial_id for c in group_configs(trial.config)]
+    return ids[0] if len(ids) == 1 else "g" + hashlib.sha1(" ".join(ids).encode()).hexdigest()[:11]
 
 
 def trial_dirname(trial: Any) -> str:

@@ -98,15 +98,15 @@ def test_training_row_metrics_match_the_weights_step_by_step(monkeypatch):
     cfg = TrialConfig(data="synthetic", device="cpu", width=4, batch_size=64, epochs=1,
                       n_train=256, n_test=64, optimizer="sgd", lr=lr, l2=1e-3, norm="layer")
     trial = Trial(cfg)
-    snapshots = [{n: w.detach().double().clone() for n, w in trial.weights.items()}]
+    snapshots = [{n: w[0].detach().double().clone() for n, w in trial.stack.weights().items()}]
     original = l2bn.train.after_step
 
     def recording(model, cfg):
         original(model, cfg)
-        snapshots.append({n: w.detach().double().clone() for n, w in trial.weights.items()})
+        snapshots.append({n: w[0].detach().double().clone() for n, w in trial.stack.weights().items()})
 
     monkeypatch.setattr(l2bn.train, "after_step", recording)
-    row = trial.run_epoch()
+    (row,) = trial.run_epoch()
     assert len(snapshots) == 1 + 4 and row["steps_per_epoch"] == 4
     for name in LAYERS:
         steps = list(zip(snapshots[:-1], snapshots[1:], strict=True))

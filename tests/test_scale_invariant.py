@@ -26,11 +26,15 @@ def test_training_moves_the_convs_and_leaves_the_classifier_at_its_init(norm):
     cfg = TrialConfig(data="synthetic", device="cpu", width=4, batch_size=64, n_test=64, epochs=1,
                       norm=norm, lr=0.1, l2=1e-3, l2_scope="normalized", scale_invariant=True)
     trial = Trial(cfg)
-    fc = [p.detach().clone() for p in trial.model.fc.parameters()]
-    conv = normalized_weights(trial.model)["conv2"].detach().clone()
-    row = trial.run_epoch()
-    assert all(torch.equal(a, b) for a, b in zip(fc, trial.model.fc.parameters(), strict=True))
-    assert not torch.equal(conv, normalized_weights(trial.model)["conv2"])
+    before = trial.stack.state_dict(0)
+    (row,) = trial.run_epoch()
+    after = trial.stack.state_dict(0)
+    frozen = [n for n in before if n.startswith("fc.") or n.endswith("original0")]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    conv2 = "conv2.conv." + ("parametrizations.weight.original1" if norm == "weight" else "weight")
+    assert not torch.equal(before[conv2], after[conv2])
+    assert not any(".norm." in n and not n.startswith(("running", "num")) and "running" not in n
+                   and "num_batches" not in n for n in after)  # no affine parameters
     assert row["fc_rel_update"] == 0 and row["conv2_rel_update"] > 0
     assert row["fc_angular_update"] == 0 and row["conv2_angular_update"] > 0
     assert row["scale_invariant"] is True

@@ -20,10 +20,9 @@ def _missing(value) -> bool:
 
 def test_a_later_diverged_epoch_has_nothing_measured_and_the_summary_keeps_the_last_finite(tmp_path):
     trial = Trial(TrialConfig(**SMALL, epochs=4, optimizer="sgd", lr=0.05, l2=0.0, norm="none"))
-    first = trial.run_epoch()
-    for group in trial.optimizer.param_groups:  # blow up from epoch 2 on
-        group["lr"] = 1e12
-    second = trial.run_epoch()
+    (first,) = trial.run_epoch()
+    trial.optimizer.lr.fill_(1e12)  # blow up from epoch 2 on
+    (second,) = trial.run_epoch()
     assert first["diverged"] is False and second["diverged"] is True and trial.done
     assert second["epoch"] == 2 and second["trial_id"] == first["trial_id"]
     assert all(_missing(second[c]) for c in MEASURED), [c for c in MEASURED if not _missing(second[c])]

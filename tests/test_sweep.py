@@ -100,7 +100,7 @@ def test_storage_root_and_grid_fingerprint(tmp_path, monkeypatch):
 
 def _trial(status: str, epochs: int, done: int = 0):
     cfg = TrialConfig(epochs=epochs).to_row()
-    return SimpleNamespace(status=status, config={"trial": cfg}, last_result={"epoch": done})
+    return SimpleNamespace(status=status, config={"group": [cfg]}, last_result={"epoch": done})
 
 
 def test_progress_line_counts_and_eta():
@@ -228,3 +228,33 @@ def test_a_failing_trial_gets_a_failed_row_and_exit_1(tmp_path):
     failed = trials.loc["cifar10"]
     assert failed.status == "failed" and "DataError" in failed.error and str(empty) in failed.error
     assert failed.torch_version and failed.git_rev
+
+
+FUSED_GRID = """
+name: fused
+fixed: {data: synthetic, epochs: 2, width: 4, batch_size: 64, n_test: 128, device: cpu}
+axes:
+  lr: [0.02, 0.05]
+  l2: [0, 1e-3]
+"""
+
+
+@pytest.mark.slow
+def test_fused_group_is_one_tune_trial_with_a_row_per_grid_point(tmp_path):
+    grid = tmp_path / "fused.yaml"
+    grid.write_text(FUSED_GRID)
+    dry = run_cli("--grid", str(grid), "--dry-run", "--fuse", "4")
+    assert "1 Tune trials of 4-4 models each" in dry.stdout
+    out = run_cli("--grid", str(grid), "--storage", str(tmp_path / "runs"), "--num-cpus", "2",
+                  "--fuse", "4")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials, history = read(tmp_path / "runs", "fused", "trials"), read(tmp_path / "runs", "fused", "history")
+    configs = load_grid(str(grid)).configs()
+    assert sorted(trials.trial_id) == sorted(c.trial_id for c in configs)
+    assert set(trials.status) == {"completed"} and len(history) == 4 * 2
+    alone = train(configs[3])  # the same grid point trained unfused
+    row = trials.set_index("trial_id").loc[configs[3].trial_id]
+    # Another process and thread count: float32 rounding differs and 16 steps amplify it
+    # (tests/test_fused.py holds the exact check); a wrong lr or l2 would miss by far more.
+    assert row.test_loss == pytest.approx(alone["test_loss"], rel=2e-2)
+    assert row.conv2_w_norm == pytest.approx(alone["conv2_w_norm"], rel=2e-2)

@@ -38,7 +38,8 @@ def test_rows_have_config_metrics_and_are_deterministic():
     row = rows_a[-1]
     assert row["step"] == 2 * (512 // 64) and row["trial_id"] == cfg.trial_id
     assert {k: row[k] for k in cfg.to_row()} == cfg.to_row()
-    weights = states[-1]["model"]  # the final weights, to recompute the metrics from
+    # the final weights (model 0 of the checkpoint's stack), to recompute the metrics from
+    weights = {name: p[0] for name, p in states[-1]["params"].items()}
     for layer in ("conv1", "conv2", "conv3"):
         w = weights[f"{layer}.conv.weight"].double()
         units = w.flatten(1).norm(dim=1)  # batch norm: one scale group per output channel
@@ -63,7 +64,7 @@ def test_resume_from_saved_state_equals_uninterrupted_run():
     resumed, final = _run(cfg, resume=states[0])
     assert [r["epoch"] for r in resumed] == [2, 3]
     assert [_strip(r) for r in resumed] == [_strip(r) for r in full[1:]]
-    assert len(states[0]["history"]) == 1
+    assert [len(h) for h in states[0]["histories"]] == [1]
 
 
 def test_divergence_ends_trial_without_raising():
@@ -90,9 +91,9 @@ def test_divergence_in_a_later_epoch_keeps_the_last_finite_metrics(monkeypatch, 
         if count[0] == step:
             with torch.no_grad():
                 if blow_up == "nan":
-                    model.fc.weight.fill_(math.nan)
+                    model.params["fc.weight"].fill_(math.nan)
                 else:
-                    model.fc.weight.mul_(1e6)
+                    model.params["fc.weight"].mul_(1e6)
 
     monkeypatch.setattr(l2bn.train, "after_step", corrupting)
     cfg = TrialConfig(**{**SMALL, "epochs": 4, "n_train": 256}, optimizer="sgd", lr=0.05, l2=1e-3)

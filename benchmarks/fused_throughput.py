@@ -1,0 +1,60 @@
+"""Images/s of a fused group of K models (one stack, l2bn/stack.py) against the same K models
+trained one after the other, in the same run, on whatever device is there; and, from the
+measured rates, the estimated hours of the `paper` grid.
+
+    python benchmarks/fused_throughput.py [--data-dir DIR] [--device cuda] [--ks 1 8 32 64 49]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from l2bn.config import TrialConfig
+from l2bn.train import Trial
+
+PAPER_IMAGES = 5292 * 100 * 50_000  # trials x epochs x training images (sweeps/grids/paper.yaml)
+
+
+def rate(cfgs: list[TrialConfig], steps: int) -> float:
+    """Combined model-images/s of one Trial over `cfgs` (metrics included), after a warm-up."""
+    n = cfgs[0].batch_size * steps
+    trial = Trial([c.replace(n_train=n) for c in cfgs])
+    trial.train_epoch()  # warm-up: allocator, cuDNN autotune
+    trial._sync()
+    start = time.perf_counter()
+    trial.train_epoch()
+    trial._sync()
+    return n * len(cfgs) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="CIFAR-10 copy (default: synthetic images)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32, 64, 49])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--optimizer", default="sgd")
+    parser.add_argument("--norm", default="batch")
+    args = parser.parse_args()
+    base = TrialConfig(optimizer=args.optimizer, norm=args.norm, width=args.width,
+                       batch_size=args.batch_size, device=args.device,
+                       data="cifar10" if args.data_dir else "synthetic", data_dir=args.data_dir)
+    single = rate([base], args.steps)  # K separate models take K times as long as one
+    device = Trial(base.replace(n_train=base.batch_size)).device
+    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
+          f"threads={torch.get_num_threads()} width={args.width} batch={args.batch_size} "
+          f"{args.optimizer}/{args.norm} steps={args.steps}")
+    print(f"{'K':>4} {'fused img/s':>12} {'separate img/s':>15} {'ratio':>6} {'paper grid h':>13}")
+    for k in args.ks:
+        cfgs = [base.replace(lr=0.01 * (1 + i), l2=1e-4 * i) for i in range(k)]
+        fused = rate(cfgs, args.steps)
+        print(f"{k:>4} {fused:12.0f} {single:15.0f} {fused / single:6.2f} "
+              f"{PAPER_IMAGES / fused / 3600:13.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
