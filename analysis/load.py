@@ -69,16 +69,25 @@ def list_parquet(fs: pafs.FileSystem, base: str, kind: str) -> dict[str, str]:
             and not i.base_name.startswith((".", "_"))}
 
 
+class GridFileError(Exception):
+    """sweep.json exists but cannot be read; the message names the file and the problem."""
+
+
 def grid_trial_ids(fs: pafs.FileSystem, base: str) -> list[str]:
-    """The trial ids the sweep runner recorded in `<base>/sweep.json` (empty without one)."""
+    """The trial ids the sweep runner recorded in `<base>/sweep.json` (empty without one);
+    GridFileError if the file is there but unreadable (not-started trials would be lost)."""
     path = f"{base}/{META_FILE}"
     try:
         if fs.get_file_info(path).type != pafs.FileType.File:
             return []
         with fs.open_input_stream(path) as f:
-            return list(json.loads(f.read().decode()).get("trial_ids", []))
-    except (OSError, ValueError, pa.ArrowException):
-        return []
+            ids = json.loads(f.read().decode())["trial_ids"]
+        if not isinstance(ids, list):
+            raise TypeError(f"'trial_ids' is a {type(ids).__name__}, not a list")
+        return [str(t) for t in ids]
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        raise GridFileError(f"{path} is unreadable ({type(exc).__name__}: {exc}); trials of the "
+                            "grid that have no result file yet cannot be listed as not started") from None
 
 
 def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table | str:
@@ -113,7 +122,11 @@ def load_results(uri: str) -> Results:
         raise ResultsError(f"results path not found: {uri}")
     trial_paths, history_paths = list_parquet(fs, base, TRIALS), list_parquet(fs, base, HISTORY)
     known = set(trial_paths) | set(history_paths)
-    not_started = sorted(set(grid_trial_ids(fs, base)) - known)
+    grid_warnings: list[str] = []
+    try:
+        not_started = sorted(set(grid_trial_ids(fs, base)) - known)
+    except GridFileError as exc:
+        not_started, grid_warnings = [], [f"sweep.json: {exc}"]
     if not known:
         grid = f" (sweep.json lists {len(not_started)} trials, none started)" if not_started else ""
         raise ResultsError(f"no results under {uri}{grid}: expected Parquet files in "
@@ -128,7 +141,7 @@ def load_results(uri: str) -> Results:
     not_started = [t for t in not_started if t not in row_ids]
     skipped = sorted(skipped + [(t, "not_started", "in the grid (sweep.json) but no result "
                                  "file yet") for t in not_started])
-    warnings = [f"trial {t}: history not usable ({r}); its dynamics are not plotted"
+    warnings = grid_warnings + [f"trial {t}: history not usable ({r}); its dynamics are not plotted"
                 for t, r in sorted(bad_history.items()) if t in set(trials.get("trial_id", []))]
     n_found = len(row_ids | set(bad_trials) | set(bad_history)) + len(not_started)
     if trials.empty:

@@ -105,16 +105,33 @@ def read_cifar10_dir(root: str | Path) -> tuple[Split, Split]:
             Split(torch.from_numpy(test_x), torch.from_numpy(test_y)))
 
 
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: an offline machine fails in seconds, not minutes
+
+
 def download_cifar10(cache_dir: Path | None = None) -> Path:
-    """Download CIFAR-10 once into the cache (MD5-checked by torchvision), under a file lock."""
+    """Download CIFAR-10 once into the cache (MD5-checked by torchvision), under a file lock;
+    return the folder holding `cifar-10-batches-py`. A failed download is one DataError line
+    naming the cache and `--data-dir`, never a urllib traceback."""
+    import socket
+
     from filelock import FileLock
     from torchvision.datasets import CIFAR10
 
     cache_dir = Path(cache_dir or default_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     # One download per machine even when many trials start at once on it.
-    with FileLock(str(cache_dir / "cifar10.lock")):
-        CIFAR10(str(cache_dir), train=True, download=True)
+    old_timeout = socket.getdefaulttimeout()
+    try:
+        with FileLock(str(cache_dir / "cifar10.lock")):
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+            CIFAR10(str(cache_dir), train=True, download=True)
+    except (OSError, RuntimeError) as exc:  # URLError, timeouts, a failed MD5 check
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DataError(f"CIFAR-10 is not in the cache {cache_dir} and could not be downloaded "
+                        f"({reason}); pass --data-dir DIR (a folder holding {BATCH_DIR}) or put "
+                        "the extracted archive there") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
     return cache_dir
 
 

@@ -60,12 +60,20 @@ class ResultStore:
         return f"{self.root.rstrip('/')}/{self.name}" + (f"/{kind}" if kind else "")
 
     def read_meta(self) -> dict[str, Any] | None:
-        """The sweep's sweep.json (grid, trial ids) if it was written."""
+        """The sweep's sweep.json (grid, trial ids, run options) if it was written; ValueError
+        naming the file if it is there but not a JSON object."""
         path = f"{self.base}/{META_FILE}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+            text = f.read().decode(errors="replace")
+        try:
+            meta = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{self.uri()}/{META_FILE} is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{self.uri()}/{META_FILE} holds a {type(meta).__name__}, not a JSON object")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.fs.create_dir(self.base, recursive=True)

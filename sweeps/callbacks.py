@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from ray.tune import Callback
@@ -37,10 +40,17 @@ class FailedTrialWriter(Callback):
             self.store.write_trial(row, "failed", wall_time_s=None, error=error)
 
     def _last_row(self, trial_id: str) -> Row | None:
+        """The trial's last history row; None (with a named warning if the file exists but
+        cannot be read) when there is none."""
         path = self.store.path(HISTORY, trial_id)
+        if self.store.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
         try:
             rows = pq.read_table(path, filesystem=self.store.fs).to_pylist()
-        except (FileNotFoundError, OSError):
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            print(f"warning: trial {trial_id}: history file {path} is unreadable "
+                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); its failed row "
+                  "holds the config and the driver's versions only", file=sys.stderr, flush=True)
             return None
         return final_row(rows) if rows else None
 
@@ -61,16 +71,34 @@ def _error_text(trial: Any, limit: int = 2000) -> str:
     return (picked or lines or ["unknown error (no error file)"])[-1][:limit]
 
 
+@dataclass
+class Counts:
+    """Trials by state and epochs for the progress line."""
+
+    done: int = 0
+    running: int = 0
+    starting: int = 0
+    pending: int = 0
+    failed: int = 0
+    epochs_total: int = 0
+    epochs_done: int = 0
+    epochs_left: int = 0
+
+
 def _fmt_s(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Progress(Callback):
-    """Prints `done/running/pending/failed` and an ETA every `interval` s and at each finish.
+    """Prints `done/running/starting/pending/failed`, finished epochs and an ETA every
+    `interval` s and at each finish.
 
-    The ETA is epochs left divided by the epoch rate seen so far in this run (finished trials,
-    diverged ones included, count as all their epochs done).
+    A trial counts as running once it has reported an epoch since it (re)started; before that
+    it is starting (a reused worker picking it up, loading data). Epochs count only when
+    finished: all of a done trial's (diverged ones included), the reported ones of the
+    others. The ETA is the epochs that can still run (not those of failed trials) divided by
+    the epoch rate seen so far in this run.
     """
 
     def __init__(self, interval: float = 30.0, out: TextIO = sys.stdout):
@@ -82,6 +110,7 @@ class Progress(Callback):
         self.epochs0 = 0
         self.last_print = 0.0
         self.last_finished: tuple[int, int] | None = None
+        self.reporting: set[str] = set()  # Tune trial ids that reported since they (re)started
 
     def __getstate__(self) -> dict:  # pickled into tuner.pkl: keep the class, not the stream
         return {"interval": self.interval}
@@ -93,7 +122,18 @@ class Progress(Callback):
     def setup(self, **info: Any) -> None:
         self._reset()
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.reporting.discard(trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.reporting.discard(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self.reporting.add(trial.trial_id)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.reporting.discard(trial.trial_id)
         r = trial.last_result or {}
         cfg = trial_config(trial.config)
         what = "diverged" if r.get("diverged") else "done"
@@ -105,45 +145,50 @@ class Progress(Callback):
                     f"epoch {r.get('epoch', '?')}/{cfg.epochs} test_error={err:.4f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.reporting.discard(trial.trial_id)
         self._print(f"FAILED {trial_config(trial.config).trial_id}: {_error_text(trial, 300)}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
         counts = self._counts(trials)
         if self.t0 is None:
-            self.t0, self.epochs0 = now, counts[-1]
-        finished = (counts[0], counts[3])  # a line per finished trial, else every `interval`
+            self.t0, self.epochs0 = now, counts.epochs_done
+        finished = (counts.done, counts.failed)  # a line per finished trial, else every `interval`
         if finished != self.last_finished or now - self.last_print >= self.interval:
             self.last_finished, self.last_print = finished, now
             self._print(self.status_line(trials, now))
 
     def status_line(self, trials: list, now: float) -> str:
-        done, running, pending, failed, total_epochs, epochs_done = self._counts(trials)
+        c = self._counts(trials)
         elapsed = now - (self.t0 or now)
-        rate = (epochs_done - self.epochs0) / elapsed if elapsed > 0 else 0.0
-        left = total_epochs - epochs_done
-        eta = _fmt_s(left / rate) if rate > 0 else ("0:00:00" if left == 0 else "--")
-        return (f"[{_fmt_s(elapsed)}] trials: {done} done, {running} running, {pending} pending, "
-                f"{failed} failed of {len(trials)} | epochs {epochs_done}/{total_epochs} | "
-                f"ETA {eta}")
+        rate = (c.epochs_done - self.epochs0) / elapsed if elapsed > 0 else 0.0
+        eta = _fmt_s(c.epochs_left / rate) if rate > 0 else ("0:00:00" if c.epochs_left == 0 else "--")
+        return (f"[{_fmt_s(elapsed)}] trials: {c.done} done, {c.running} running, "
+                f"{c.starting} starting, {c.pending} pending, {c.failed} failed of {len(trials)} "
+                f"| epochs {c.epochs_done}/{c.epochs_total} | ETA {eta}")
 
-    @staticmethod
-    def _counts(trials: list) -> tuple[int, int, int, int, int, int]:
-        done = running = pending = failed = total = finished_epochs = 0
+    def _counts(self, trials: list) -> Counts:
+        c = Counts()
         for t in trials:
             epochs = int(t.config["group"][0]["epochs"])
-            total += epochs
+            reported = int((t.last_result or {}).get("epoch") or 0)
+            c.epochs_total += epochs
             if t.status == "TERMINATED":
-                done += 1
-                finished_epochs += epochs
-            elif t.status == "ERROR":
-                failed += 1
-                finished_epochs += epochs
+                c.done += 1
+                c.epochs_done += epochs  # diverged trials end early: nothing is left to run
+                continue
+            c.epochs_done += reported
+            if t.status == "ERROR":
+                c.failed += 1
+                continue
+            c.epochs_left += epochs - reported
+            if t.status != "RUNNING":
+                c.pending += 1
+            elif t.trial_id in self.reporting:
+                c.running += 1
             else:
-                running += t.status == "RUNNING"
-                pending += t.status != "RUNNING"
-                finished_epochs += int((t.last_result or {}).get("epoch") or 0)
-        return done, running, pending, failed, total, finished_epochs
+                c.starting += 1
+        return c
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)

@@ -73,7 +73,11 @@ def storage_root(storage: str) -> str:
 def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepOptions) -> None:
     """Refuse to resume a sweep that was started with a different grid (Tune cannot do that)."""
     ids = sorted(c.trial_id for c in configs)
-    old = store.read_meta()
+    try:
+        old = store.read_meta()
+    except ValueError as exc:
+        raise GridError(f"{exc}: cannot tell which grid the sweep '{opts.name}' ran; pass a new "
+                        "--name (or delete the sweep's folder)") from None
     if old is None:
         store.write_meta({"name": opts.name, "n_trials": len(ids), "trial_ids": ids,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -243,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         print(fused)
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS")
-    data_dir = overrides.get("data_dir")
-    if data_dir and not address:
-        from l2bn.data import DataError, batch_folder
+    if not address:  # a local instance: the driver's disk is every trial's disk
+        from l2bn.data import DataError
         try:
-            batch_folder(data_dir)
+            prepare_local_data(configs, overrides.get("data_dir"))
         except DataError as exc:
-            print(f"error: --data-dir {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     opts = SweepOptions(
         name=args.name or grid.name, storage=storage_root(args.storage), address=address,
@@ -267,6 +270,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return report_outcome(outcome)
+
+
+def prepare_local_data(configs: list[TrialConfig], data_dir: str | None) -> None:
+    """Before any trial starts: check --data-dir, or download CIFAR-10 once into the cache the
+    trials read (under its file lock); DataError (one line naming --data-dir) if that fails."""
+    from l2bn.data import DataError, batch_folder, default_cache_dir, download_cifar10
+    if data_dir:
+        try:
+            batch_folder(data_dir)
+        except DataError as exc:
+            raise DataError(f"--data-dir {exc}") from None
+    elif any(c.data == "cifar10" and c.data_dir is None for c in configs):
+        print(f"CIFAR-10: checking the cache {default_cache_dir()} (downloading once if needed)",
+              flush=True)
+        download_cifar10()
 
 
 def report_outcome(outcome: SweepOutcome) -> int:

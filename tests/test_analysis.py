@@ -245,3 +245,21 @@ def test_compacted_files_read_like_one_file_per_trial(tmp_path):
     assert b.skipped == [] and a.skipped == []
     assert list(b.trials["trial_id"]) == list(a.trials["trial_id"]) and len(a.trials) == 25
     assert len(b.history) == len(a.history) == 25 * 3
+
+
+def test_corrupt_sweep_json_is_a_named_warning_not_a_silent_empty_grid(tmp_path):
+    """sweep.json lists a trial with no file (not started); corrupting sweep.json must not
+    make the analysis forget that silently."""
+    import json
+
+    ids = write_sweep(tmp_path, SyntheticSweep(lambda *a: 0.3, lrs=LRS[:3], l2s=L2S[:3]))
+    (tmp_path / "sweep.json").write_text(json.dumps({"trial_ids": ids + ["feedfacecafe"]}))
+    listed = load_results(str(tmp_path))
+    assert ("feedfacecafe", "not_started") in {(t, k) for t, k, _ in listed.skipped}
+    assert not any("sweep.json" in w for w in listed.warnings)
+    for broken in ('{"trial_ids": [', '{"trial_ids": 3}', "[1, 2]"):
+        (tmp_path / "sweep.json").write_text(broken)
+        results = load_results(str(tmp_path))
+        [warning] = [w for w in results.warnings if "sweep.json" in w]
+        assert "unreadable" in warning and "not started" in warning
+        assert len(results.trials) == len(ids)

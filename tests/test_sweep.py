@@ -98,23 +98,84 @@ def test_storage_root_and_grid_fingerprint(tmp_path, monkeypatch):
 
 # --- live progress -----------------------------------------------------------------------
 
-def _trial(status: str, epochs: int, done: int = 0):
+def _trial(status: str, epochs: int, done: int = 0, trial_id: str = ""):
     cfg = TrialConfig(epochs=epochs).to_row()
-    return SimpleNamespace(status=status, config={"group": [cfg]}, last_result={"epoch": done})
+    return SimpleNamespace(status=status, config={"group": [cfg]}, last_result={"epoch": done},
+                           trial_id=trial_id or f"t{id(cfg)}")
 
 
 def test_progress_line_counts_and_eta():
     pytest.importorskip("ray")
     from sweeps.callbacks import Progress
 
-    trials = [_trial("TERMINATED", 4, 4), _trial("RUNNING", 4, 2), _trial("PENDING", 4),
+    trials = [_trial("TERMINATED", 4, 4), _trial("RUNNING", 4, 2, "r"), _trial("PENDING", 4),
               _trial("ERROR", 4, 1), _trial("PENDING", 4)]
     progress = Progress()
+    progress.reporting.add("r")
     progress.t0, progress.epochs0 = 100.0, 0
     line = progress.status_line(trials, now=160.0)
-    # 10 of 20 epochs done (errored trials count as finished) in 60 s -> 10 left at 1/6 per s
-    assert "1 done, 1 running, 2 pending, 1 failed of 5" in line
-    assert "epochs 10/20" in line and "ETA 0:01:00" in line
+    # finished epochs only: 4 + 2 + 1 = 7 of 20 in 60 s; the failed trial's 3 unrun epochs
+    # will never run, so 10 are left at 7/60 per s -> 85.7 s
+    assert "1 done, 1 running, 0 starting, 2 pending, 1 failed of 5" in line
+    assert "epochs 7/20" in line and "ETA 0:01:26" in line
+
+
+def test_progress_counts_a_picked_up_trial_as_starting_until_it_reports():
+    """A reused worker takes the next trial at once (status RUNNING): not 'running' until it
+    reports an epoch, and again 'starting' after a retry."""
+    pytest.importorskip("ray")
+    from sweeps.callbacks import Progress
+
+    progress = Progress()
+    done, nxt = _trial("TERMINATED", 2, 2, "a"), _trial("RUNNING", 2, 0, "b")
+    progress.t0 = 0.0
+    assert "1 done, 0 running, 1 starting, 0 pending" in progress.status_line([done, nxt], 1.0)
+    progress.on_trial_result(0, [], nxt, {"epoch": 1})
+    assert "1 done, 1 running, 0 starting" in progress.status_line([done, nxt], 1.0)
+    progress.on_trial_recover(0, [], nxt)
+    assert "0 running, 1 starting" in progress.status_line([done, nxt], 1.0)
+
+
+def test_progress_of_failed_trials_counts_no_unfinished_epochs():
+    """8 trials that failed before any epoch: 'epochs 0/8', nothing left to wait for."""
+    pytest.importorskip("ray")
+    from sweeps.callbacks import Progress
+
+    progress = Progress()
+    progress.t0 = 0.0
+    line = progress.status_line([_trial("ERROR", 1, 0) for _ in range(8)], 66.0)
+    assert "0 done, 0 running, 0 starting, 0 pending, 8 failed of 8" in line
+    assert "epochs 0/8" in line and "ETA 0:00:00" in line
+
+
+def test_failed_row_survives_an_unreadable_history_file(tmp_path, capsys):
+    """A corrupt history file must not raise inside the driver callback: the failed row is
+    written from the config, and a warning names the file."""
+    pytest.importorskip("ray")
+    from sweeps.callbacks import FailedTrialWriter
+
+    cfg = TrialConfig(data="synthetic", epochs=2, width=4)
+    store = ResultStore(str(tmp_path), "s")
+    history = tmp_path / "s" / "history" / f"{cfg.trial_id}.parquet"
+    history.parent.mkdir(parents=True)
+    history.write_bytes(b"PAR1 this is not parquet")
+    trial = SimpleNamespace(config={"group": [cfg.to_row()]}, error_file=None,
+                            get_error=lambda: "ValueError: boom")
+    FailedTrialWriter(store).on_trial_error(0, [], trial)
+    row = store.read_trial(cfg.trial_id)
+    assert row["status"] == "failed" and row["error"] == "ValueError: boom"
+    assert row["epoch"] is None and row["torch_version"]
+    err = capsys.readouterr().err
+    assert "warning:" in err and str(history) in err and "unreadable" in err
+
+
+def test_corrupt_sweep_json_is_one_clear_error(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "sweep.json").write_text('{"trial_ids": [')
+    store = ResultStore(str(tmp_path), "smoke")
+    opts = SweepOptions(name="smoke", storage=str(tmp_path))
+    with pytest.raises(GridError, match="sweep.json is not valid JSON.*--name"):
+        check_same_grid(store, load_grid("smoke").configs(), opts)
 
 
 def test_error_text_is_the_exception_line():
@@ -146,7 +207,7 @@ def test_smoke_grid_end_to_end(tmp_path, cifar_dir):
                   "--num-cpus", "2", "--progress-interval", "60")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"{n} trials: {n} completed" in out.stdout
-    assert "ETA" in out.stdout and f"{n} done, 0 running, 0 pending, 0 failed" in out.stdout
+    assert "ETA" in out.stdout and f"{n} done, 0 running, 0 starting, 0 pending, 0 failed" in out.stdout
     trials, history = read(tmp_path, "smoke", "trials"), read(tmp_path, "smoke", "history")
     assert len(trials) == n and set(trials.status) == {"completed"}
     expected = {c.trial_id: c for c in load_grid("smoke", {"data_dir": str(cifar_dir)}).configs()}
@@ -258,3 +319,36 @@ def test_fused_group_is_one_tune_trial_with_a_row_per_grid_point(tmp_path):
     # (tests/test_fused.py holds the exact check); a wrong lr or l2 would miss by far more.
     assert row.test_loss == pytest.approx(alone["test_loss"], rel=2e-2)
     assert row.conv2_w_norm == pytest.approx(alone["conv2_w_norm"], rel=2e-2)
+
+
+# --- no data: a clear error, fast ----------------------------------------------------------
+
+OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "no_proxy": "", "NO_PROXY": ""}  # port 9 refuses: an offline machine, deterministic
+
+
+def test_failed_download_is_one_data_error_line(tmp_path, monkeypatch):
+    from l2bn.data import DataError, download_cifar10
+
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(DataError) as info:
+        download_cifar10(tmp_path / "cache")
+    msg = str(info.value)
+    assert "\n" not in msg and "--data-dir" in msg and str(tmp_path / "cache") in msg
+
+
+def test_offline_without_data_dir_exits_2_in_seconds_before_any_trial(tmp_path):
+    env = {**os.environ, **OFFLINE, "L2BN_CACHE": str(tmp_path / "cache")}
+    start = time.monotonic()
+    out = subprocess.run([*RUN_GRID, "--grid", "smoke", "--storage", str(tmp_path / "runs")],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    took = time.monotonic() - start
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: CIFAR-10 is not in the cache")
+    assert "--data-dir" in errors[0] and str(tmp_path / "cache") in errors[0]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not (tmp_path / "runs" / "smoke" / "trials").exists()  # no trial started
+    assert took < 45, f"took {took:.0f} s"
