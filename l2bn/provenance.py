@@ -14,11 +14,14 @@ from . import __version__
 if TYPE_CHECKING:  # torch is imported where it is used: sweeps' --dry-run reads PROVENANCE only
     import torch
 
-# The provenance columns of every result row; the last two describe the machine a trial ran on.
+# The provenance columns of every result row. device_name, hostname and ray_node_id describe
+# where a trial ran; ray_node_id is Ray's node id (None outside Ray), filled in by the sweep's
+# trainable (l2bn itself never imports ray).
 PROVENANCE = ("l2bn_version", "torch_version", "torchvision_version", "python_version",
-              "device_name", "hostname", "git_rev")
+              "device_name", "hostname", "git_rev", "ray_node_id")
+MACHINE = ("device_name", "hostname", "ray_node_id")
 # What a driver can vouch for about a trial that never ran (not the machine it would have used).
-VERSIONS = tuple(k for k in PROVENANCE if k not in ("device_name", "hostname"))
+VERSIONS = tuple(k for k in PROVENANCE if k not in MACHINE)
 
 
 def _git(*args: str) -> str | None:
@@ -70,4 +73,5 @@ def run_info(device: torch.device) -> dict[str, str]:
         "device_name": device_name(device),
         "hostname": socket.gethostname(),
         "git_rev": git_revision(),
+        "ray_node_id": None,
     }

@@ -47,6 +47,8 @@ class SweepOptions:
     overrides: dict[str, Any] = field(default_factory=dict)   # execution fields for every trial
     progress_interval: float = 30.0
     progress: bool = True                   # print live progress lines
+    tensorboard: bool = False               # Tune's TBXLoggerCallback, per-epoch scalars
+    mlflow: str | None = None               # an MLflow tracking URI for Tune's MLflowLoggerCallback
     grid_source: str = ""
     fuse: int | None = 1                    # models per Tune trial (None: whole lr x l2 groups)
 
@@ -81,7 +83,7 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
     if old is None:
         store.write_meta({"name": opts.name, "n_trials": len(ids), "trial_ids": ids,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          "grid": opts.grid_source})
+                          "grid": opts.grid_source, "options": run_options(opts)})
     elif old.get("trial_ids") != ids:
         raise GridError(
             f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
@@ -89,10 +91,52 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
             "sweep's grid: pass a new --name (or delete the old sweep)")
 
 
+# Run options a resumed sweep applies (Tune itself would keep the first run's) and the ones
+# it cannot change: each restored trial keeps the resources it was created with.
+RESUMABLE = {"max_failures": "--max-failures", "keep_checkpoints": "--keep-checkpoints",
+             "reuse_actors": "--no-reuse-actors", "progress_interval": "--progress-interval",
+             "checkpoint_every": "--checkpoint-every", "overrides": "--data-dir/--set device",
+             "tensorboard": "--tensorboard", "mlflow": "--mlflow"}
+FIXED_ON_RESUME = {"cpus_per_trial": "--cpus-per-trial", "gpus_per_trial": "--gpus-per-trial"}
+
+
+def run_options(opts: SweepOptions) -> dict[str, Any]:
+    """The options recorded in sweep.json, to compare on resume."""
+    return {k: getattr(opts, k) for k in (*RESUMABLE, *FIXED_ON_RESUME)}
+
+
+def resume_changes(store: ResultStore, opts: SweepOptions) -> list[str]:
+    """What this resume changes ('--max-failures 0 -> 2'); GridError for an option it cannot
+    change. Records this run's options in sweep.json for the next resume."""
+    meta = store.read_meta() or {}
+    old, new = meta.get("options") or {}, run_options(opts)
+    for key, flag in FIXED_ON_RESUME.items():
+        if key in old and old[key] != new[key]:
+            raise GridError(f"{flag} {new[key]:g} differs from the {old[key]:g} the sweep "
+                            f"'{opts.name}' started with, and resumed Tune trials keep their "
+                            f"resources: rerun with {flag} {old[key]:g}, or pass a new --name")
+    changes = [f"{RESUMABLE[k]}: {old[k]!r} -> {new[k]!r}" for k in RESUMABLE
+               if k in old and old[k] != new[k]]
+    store.write_meta({**meta, "options": new})
+    return changes
+
+
 def _env_for_workers() -> dict[str, str]:
     from l2bn.provenance import git_revision
     return {"L2BN_GIT_REV": git_revision(), "RAY_CHDIR_TO_TRIAL_DIR": "0",
             "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
+
+
+class OneLineTrialErrors(logging.Filter):
+    """Tune logs every failed trial attempt with the worker's whole traceback: keep its last
+    line (the exception). The trial's error file and `error` column keep the details."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            lines = [ln.strip() for ln in str(record.exc_info[1]).splitlines() if ln.strip()]
+            record.msg = f"{record.getMessage()}: {lines[-1] if lines else type(record.exc_info[1]).__name__}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
@@ -112,12 +156,19 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     from ray.tune.logger import CSVLoggerCallback
 
     from sweeps.callbacks import FailedTrialWriter, Progress
-    from sweeps.trainable import run_trial, trial_dirname, trial_name
+    from sweeps.trainable import WATCHED, run_trial, trial_dirname, trial_name
 
     # Trials without Tune's own logs (killed before their first epoch) are expected here.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineTrialErrors())
     store = ResultStore(opts.storage, opts.name)
     check_same_grid(store, configs, opts)
+    path = f"{opts.storage}/{opts.name}"
+    restoring = Tuner.can_restore(path)
+    changes = resume_changes(store, opts) if restoring else []
+    watchers = watch_callbacks(opts)
+    if not restoring:
+        store.write_meta({**(store.read_meta() or {}), "options": run_options(opts)})
     if not ray.is_initialized():
         ray.init(address=opts.address, num_cpus=None if opts.address else opts.num_cpus,
                  runtime_env={"env_vars": _env_for_workers()}, include_dashboard=False,
@@ -125,16 +176,20 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     threads = max(1, int(opts.cpus_per_trial))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, store=store, overrides=opts.overrides, threads=threads,
-                             checkpoint_every=opts.checkpoint_every),
+                             checkpoint_every=opts.checkpoint_every,
+                             report_keys=WATCHED if watchers else ()),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
-    path = f"{opts.storage}/{opts.name}"
     callbacks = [FailedTrialWriter(store, opts.overrides),
                  CSVLoggerCallback()]  # one small progress.csv per trial, for Tune's ResultGrid
     if opts.progress:
         callbacks.append(Progress(opts.progress_interval))
-    if Tuner.can_restore(path):
+    callbacks += watchers
+    if restoring:
         print(f"resuming sweep '{opts.name}' from {path}", flush=True)
+        for change in changes:
+            print(f"resume applies {change}", flush=True)
         tuner = Tuner.restore(path, trainable=trainable, resume_errored=True)
+        apply_run_options(tuner, opts, callbacks)
     else:
         rows = [[c.to_row() for c in group] for group in groups(configs, opts.fuse)]
         tuner = Tuner(
@@ -164,6 +219,44 @@ def parse_fuse(value: str, gpus_per_trial: float) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
     return int(value)
+
+
+def watch_callbacks(opts: SweepOptions) -> list:
+    """Tune's TensorBoard and MLflow logger callbacks, as asked for (optional packages: the
+    `logging` extra); GridError naming the package when it is missing."""
+    callbacks = []
+    try:
+        if opts.tensorboard:
+            import tensorboardX  # noqa: F401 - TBXLoggerCallback logs nothing without it
+            from ray.tune.logger import TBXLoggerCallback
+            callbacks.append(TBXLoggerCallback())
+        if opts.mlflow:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            callbacks.append(MLflowLoggerCallback(tracking_uri=opts.mlflow,
+                                                  experiment_name=opts.name))
+    except ImportError as exc:
+        raise GridError(f"--tensorboard/--mlflow need {exc.name or exc}: "
+                        'pip install -e ".[logging]"') from None
+    return callbacks
+
+
+def apply_run_options(tuner: Any, opts: SweepOptions, callbacks: list) -> None:
+    """Put this run's options into a restored Tuner: Tuner.restore brings back the first run's
+    RunConfig and TuneConfig (callbacks with their old settings included), and each trial its
+    old retry budget and checkpoint count; Tune has no public way to change them."""
+    from ray.tune import CheckpointConfig, FailureConfig
+
+    from sweeps.callbacks import TrialSettings
+
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_tune_config"):
+        raise GridError("this Ray version's Tuner cannot take new options on resume: rerun "
+                        "with the first run's flags, or pass a new --name")
+    run_config = internal.get_run_config()
+    run_config.callbacks = [*callbacks, TrialSettings(opts.max_failures, opts.keep_checkpoints)]
+    run_config.failure_config = FailureConfig(max_failures=opts.max_failures)
+    run_config.checkpoint_config = CheckpointConfig(num_to_keep=opts.keep_checkpoints)
+    internal._tune_config.reuse_actors = opts.reuse_actors
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -215,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                   help="checkpoints kept per trial")
     p.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
                    help="start a fresh worker process per trial")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log per-epoch metrics and per-layer norms/angles as TensorBoard scalars "
+                        "(Tune's TBXLoggerCallback) into each trial's folder under <storage>/<name>")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="log each trial as an MLflow run (Tune's MLflowLoggerCallback) to this "
+                        "tracking URI, e.g. file:///path/mlruns or http://mlflow:5000")
     p.add_argument("--progress-interval", type=float, default=_default("progress_interval"),
                   help="seconds between status lines")
     return p
@@ -261,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         overrides={k: v for k, v in overrides.items() if k in EXECUTION_FIELDS},
         progress_interval=args.progress_interval, grid_source=Path(grid.path).read_text(),
-        fuse=fuse)
+        fuse=fuse, tensorboard=args.tensorboard, mlflow=args.mlflow)
     print(f"sweep '{opts.name}': {len(configs)} trials as {fused} -> {opts.storage}/{opts.name}",
           flush=True)
     try:

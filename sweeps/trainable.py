@@ -18,16 +18,22 @@ import tempfile
 import time
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 from ray.tune import Checkpoint
 
 from l2bn.config import TrialConfig
+from l2bn.schema import LAYERS, TEST_COLUMNS, TRAIN_COLUMNS, Row, layer_column
 from l2bn.store import ResultStore
 from l2bn.train import Trial
 
 STATE_FILE = "state.pt"
 FINISHED = ("completed", "diverged")
+# With --tensorboard / --mlflow: each member's columns a user watching a run wants as curves.
+WATCHED = ("test_error", "diverged") + TRAIN_COLUMNS[:2] + TEST_COLUMNS[:1] + ("images_per_s",) + tuple(
+    layer_column(layer, m) for layer in LAYERS
+    for m in ("w_norm", "unit_norm", "angular_update", "pred_angular_update", "eff_lr"))
 
 
 def group_configs(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
@@ -64,6 +70,13 @@ def group_metrics(trial: Trial) -> dict[str, Any]:
             "diverged": all(r["diverged"] for r in last) if last else False}
 
 
+def watched_metrics(rows: list[Row], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`keys` of each member's epoch row; prefixed `<trial_id>/` when the group has several."""
+    if len(rows) == 1:
+        return {k: rows[0][k] for k in keys if k in rows[0]}
+    return {f"{r['trial_id']}/{k}": r[k] for r in rows for k in keys if k in r}
+
+
 def _report(metrics: dict[str, Any], state: dict[str, Any] | None, wall_time_s: float) -> None:
     """tune.report the epoch, with a checkpoint of `state` when one is given."""
     if state is None:
@@ -75,10 +88,11 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None, wall_time_s: 
 
 
 def run_trial(config: dict[str, Any], *, store: ResultStore, overrides: dict[str, Any],
-              threads: int, checkpoint_every: int = 1) -> None:
+              threads: int, checkpoint_every: int = 1, report_keys: tuple[str, ...] = ()) -> None:
     """Train one group of grid points as one stack, epoch by epoch: rewrite each member's
     history file, then report to Tune with a checkpoint (the whole group) every
-    `checkpoint_every` epochs; at the end write each member's summary row. Members whose
+    `checkpoint_every` epochs (plus each member's `report_keys`, for --tensorboard/--mlflow);
+    at the end write each member's summary row. Members whose
     summary row says completed/diverged are not trained again."""
     torch.set_num_threads(threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint created" per epoch
@@ -91,13 +105,14 @@ def run_trial(config: dict[str, Any], *, store: ResultStore, overrides: dict[str
         return
     trial, wall_before = _restore(todo)
     trial.drop(finished)
+    trial.info["ray_node_id"] = ray.get_runtime_context().get_node_id()  # where each epoch ran
     start = time.perf_counter()
     while not trial.done:
         rows = trial.run_epoch()
         for row in rows:  # before the checkpoint: a resumed group never lacks an epoch
             store.write_history(trial.histories[_member(trial, row["trial_id"])])
         due = bool(trial.active) and trial.epoch % checkpoint_every == 0
-        _report(group_metrics(trial), trial.state() if due else None,
+        _report(group_metrics(trial) | watched_metrics(rows, report_keys), trial.state() if due else None,
                 wall_before + time.perf_counter() - start)
     wall = wall_before + time.perf_counter() - start
     for cfg, final in zip(trial.cfgs, trial.summaries(), strict=True):

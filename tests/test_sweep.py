@@ -352,3 +352,62 @@ def test_offline_without_data_dir_exits_2_in_seconds_before_any_trial(tmp_path):
     assert "Traceback" not in out.stdout + out.stderr
     assert not (tmp_path / "runs" / "smoke" / "trials").exists()  # no trial started
     assert took < 45, f"took {took:.0f} s"
+
+
+# --- resume with changed flags -------------------------------------------------------------
+
+ONE_GRID = """
+name: one
+fixed: {data: cifar10, epochs: 1, n_train: 256, n_test: 500, width: 4, batch_size: 64}
+axes:
+  lr: [0.1]
+"""
+
+
+def _restored_trial_settings(sweep: Path) -> tuple[int, int, int]:
+    """(max_failures, num_to_keep, num_failures) of the one trial in Tune's experiment state."""
+    import json
+    import pickle
+
+    state = json.loads(sorted(sweep.glob("experiment_state*.json"))[-1].read_text())
+    trial, meta = (json.loads(x) for x in state["trial_data"][0])
+    manager = pickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
+    return trial["max_failures"], manager.checkpoint_config.num_to_keep, meta["num_failures"]
+
+
+@pytest.mark.slow
+def test_resume_honors_changed_flags_and_refuses_changed_resources(tmp_path):
+    """The first run fails (a --data-dir without the batch files, no retries); the resume
+    gets new --max-failures, --keep-checkpoints, --progress-interval and --data-dir, and
+    Tune must use them, not the first run's; a new --cpus-per-trial is refused."""
+    grid = tmp_path / "one.yaml"
+    grid.write_text(ONE_GRID)
+    broken = []
+    for name in ("b1", "b2"):
+        (tmp_path / name / "cifar-10-batches-py").mkdir(parents=True)
+        broken.append(str(tmp_path / name))
+    base = ["--grid", str(grid), "--storage", str(tmp_path / "runs"), "--num-cpus", "1"]
+    first = run_cli(*base, "--data-dir", broken[0], "--max-failures", "0")
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert _restored_trial_settings(tmp_path / "runs" / "one")[::2] == (0, 1)
+    # Tune's log of the failed attempt is one line, not the worker's traceback
+    assert "Traceback" not in first.stdout + first.stderr
+    assert "Trial task failed for trial" in first.stderr and "DataError" in first.stderr
+
+    second = run_cli(*base, "--data-dir", broken[1], "--max-failures", "2",
+                     "--keep-checkpoints", "1", "--progress-interval", "7")
+    assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+    for change in ("--max-failures: 0 -> 2", "--keep-checkpoints: 2 -> 1",
+                   "--progress-interval: 30.0 -> 7.0", f"'data_dir': '{broken[1]}'"):
+        assert change in second.stdout
+    # 1 failure in the first run + 2 retried failures: the new budget was used
+    assert _restored_trial_settings(tmp_path / "runs" / "one") == (2, 1, 3)
+    # the restored failure callback wrote the row with this run's --data-dir
+    failed = read(tmp_path / "runs", "one", "trials").iloc[0]
+    assert failed.status == "failed" and failed.data_dir == broken[1]
+    assert broken[1] in failed.error
+
+    third = run_cli(*base, "--data-dir", broken[1], "--cpus-per-trial", "2")
+    assert third.returncode == 2, third.stdout[-3000:] + third.stderr[-3000:]
+    errors = [ln for ln in third.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
+    assert len(errors) == 1 and "--cpus-per-trial 2 differs from the 1" in errors[0]
