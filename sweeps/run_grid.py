@@ -232,12 +232,26 @@ def watch_callbacks(opts: SweepOptions) -> list:
             callbacks.append(TBXLoggerCallback())
         if opts.mlflow:
             from ray.air.integrations.mlflow import MLflowLoggerCallback
+            check_mlflow(opts.mlflow)
             callbacks.append(MLflowLoggerCallback(tracking_uri=opts.mlflow,
                                                   experiment_name=opts.name))
     except ImportError as exc:
         raise GridError(f"--tensorboard/--mlflow need {exc.name or exc}: "
                         'pip install -e ".[logging]"') from None
     return callbacks
+
+
+def check_mlflow(uri: str) -> None:
+    """Open a local MLflow store once before any trial, so a refused URI is one line, not a
+    traceback from inside Tune (a server URI is left to MLflow's own retries)."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith(("http://", "https://", "databricks")):
+        return
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - MlflowException and whatever a store raises
+        raise GridError(f"--mlflow {uri}: {' '.join(str(exc).split())[:1000]}") from None
 
 
 def apply_run_options(tuner: Any, opts: SweepOptions, callbacks: list) -> None:
