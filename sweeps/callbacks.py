@@ -1,6 +1,7 @@
 """Driver-side Tune callbacks: the `failed` summary rows, and live progress with an ETA."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +18,18 @@ from l2bn.schema import HISTORY, Row, config_columns, final_row
 from l2bn.store import ResultStore
 
 from .trainable import FINISHED, group_configs, trial_config
+
+
+class OneLineTrialErrors(logging.Filter):
+    """Tune logs every failed trial attempt with the worker's whole traceback: keep its last
+    line (the exception). The trial's error file and `error` column keep the details."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            lines = [ln.strip() for ln in str(record.exc_info[1]).splitlines() if ln.strip()]
+            record.msg = f"{record.getMessage()}: {lines[-1] if lines else type(record.exc_info[1]).__name__}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 class FailedTrialWriter(Callback):

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
 from sweeps.grid import GridError, groups, load_grid, parse_value, summary  # noqa: E402
+from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE = 1, 130, 2
@@ -91,52 +92,10 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
             "sweep's grid: pass a new --name (or delete the old sweep)")
 
 
-# Run options a resumed sweep applies (Tune itself would keep the first run's) and the ones
-# it cannot change: each restored trial keeps the resources it was created with.
-RESUMABLE = {"max_failures": "--max-failures", "keep_checkpoints": "--keep-checkpoints",
-             "reuse_actors": "--no-reuse-actors", "progress_interval": "--progress-interval",
-             "checkpoint_every": "--checkpoint-every", "overrides": "--data-dir/--set device",
-             "tensorboard": "--tensorboard", "mlflow": "--mlflow"}
-FIXED_ON_RESUME = {"cpus_per_trial": "--cpus-per-trial", "gpus_per_trial": "--gpus-per-trial"}
-
-
-def run_options(opts: SweepOptions) -> dict[str, Any]:
-    """The options recorded in sweep.json, to compare on resume."""
-    return {k: getattr(opts, k) for k in (*RESUMABLE, *FIXED_ON_RESUME)}
-
-
-def resume_changes(store: ResultStore, opts: SweepOptions) -> list[str]:
-    """What this resume changes ('--max-failures 0 -> 2'); GridError for an option it cannot
-    change. Records this run's options in sweep.json for the next resume."""
-    meta = store.read_meta() or {}
-    old, new = meta.get("options") or {}, run_options(opts)
-    for key, flag in FIXED_ON_RESUME.items():
-        if key in old and old[key] != new[key]:
-            raise GridError(f"{flag} {new[key]:g} differs from the {old[key]:g} the sweep "
-                            f"'{opts.name}' started with, and resumed Tune trials keep their "
-                            f"resources: rerun with {flag} {old[key]:g}, or pass a new --name")
-    changes = [f"{RESUMABLE[k]}: {old[k]!r} -> {new[k]!r}" for k in RESUMABLE
-               if k in old and old[k] != new[k]]
-    store.write_meta({**meta, "options": new})
-    return changes
-
-
 def _env_for_workers() -> dict[str, str]:
     from l2bn.provenance import git_revision
     return {"L2BN_GIT_REV": git_revision(), "RAY_CHDIR_TO_TRIAL_DIR": "0",
             "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
-
-
-class OneLineTrialErrors(logging.Filter):
-    """Tune logs every failed trial attempt with the worker's whole traceback: keep its last
-    line (the exception). The trial's error file and `error` column keep the details."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            lines = [ln.strip() for ln in str(record.exc_info[1]).splitlines() if ln.strip()]
-            record.msg = f"{record.getMessage()}: {lines[-1] if lines else type(record.exc_info[1]).__name__}"
-            record.args, record.exc_info, record.exc_text = (), None, None
-        return True
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
@@ -155,8 +114,9 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.logger import CSVLoggerCallback
 
-    from sweeps.callbacks import FailedTrialWriter, Progress
+    from sweeps.callbacks import FailedTrialWriter, OneLineTrialErrors, Progress
     from sweeps.trainable import WATCHED, run_trial, trial_dirname, trial_name
+    from sweeps.watch import watch_callbacks
 
     # Trials without Tune's own logs (killed before their first epoch) are expected here.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -219,58 +179,6 @@ def parse_fuse(value: str, gpus_per_trial: float) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
     return int(value)
-
-
-def watch_callbacks(opts: SweepOptions) -> list:
-    """Tune's TensorBoard and MLflow logger callbacks, as asked for (optional packages: the
-    `logging` extra); GridError naming the package when it is missing."""
-    callbacks = []
-    try:
-        if opts.tensorboard:
-            import tensorboardX  # noqa: F401 - TBXLoggerCallback logs nothing without it
-            from ray.tune.logger import TBXLoggerCallback
-            callbacks.append(TBXLoggerCallback())
-        if opts.mlflow:
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-            check_mlflow(opts.mlflow)
-            callbacks.append(MLflowLoggerCallback(tracking_uri=opts.mlflow,
-                                                  experiment_name=opts.name))
-    except ImportError as exc:
-        raise GridError(f"--tensorboard/--mlflow need {exc.name or exc}: "
-                        'pip install -e ".[logging]"') from None
-    return callbacks
-
-
-def check_mlflow(uri: str) -> None:
-    """Open a local MLflow store once before any trial, so a refused URI is one line, not a
-    traceback from inside Tune (a server URI is left to MLflow's own retries)."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith(("http://", "https://", "databricks")):
-        return
-    try:
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - MlflowException and whatever a store raises
-        raise GridError(f"--mlflow {uri}: {' '.join(str(exc).split())[:1000]}") from None
-
-
-def apply_run_options(tuner: Any, opts: SweepOptions, callbacks: list) -> None:
-    """Put this run's options into a restored Tuner: Tuner.restore brings back the first run's
-    RunConfig and TuneConfig (callbacks with their old settings included), and each trial its
-    old retry budget and checkpoint count; Tune has no public way to change them."""
-    from ray.tune import CheckpointConfig, FailureConfig
-
-    from sweeps.callbacks import TrialSettings
-
-    internal = getattr(tuner, "_local_tuner", None)
-    if internal is None or not hasattr(internal, "_tune_config"):
-        raise GridError("this Ray version's Tuner cannot take new options on resume: rerun "
-                        "with the first run's flags, or pass a new --name")
-    run_config = internal.get_run_config()
-    run_config.callbacks = [*callbacks, TrialSettings(opts.max_failures, opts.keep_checkpoints)]
-    run_config.failure_config = FailureConfig(max_failures=opts.max_failures)
-    run_config.checkpoint_config = CheckpointConfig(num_to_keep=opts.keep_checkpoints)
-    internal._tune_config.reuse_actors = opts.reuse_actors
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
