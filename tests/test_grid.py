@@ -234,6 +234,8 @@ def test_quick_grid_can_decide_the_collapse_by_the_analysis_rules():
     configs = load_grid("quick").configs()
     assert {(c.data, c.optimizer, c.norm, c.update) for c in configs} == {("cifar10", "sgd", "batch", "l2")}
     assert len({c.seed for c in configs}) >= 3
+    # the measured equilibrium rule compares the last two epochs: keep both in the second half
+    assert {c.epochs for c in configs} == {4}
     [cell] = plan_cells(configs).to_dict("records")
     assert cell["decidable"] and cell["n_points"] >= 7
     products = [c.lr * c.l2 for c in configs]
