@@ -82,18 +82,19 @@ def test_mlflow_runs_hold_params_and_each_epochs_metrics(watched_sweep, monkeypa
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     results, uri = watched_sweep
-    history = _history(results)
+    history = pd.read_parquet(results / "history").set_index(["trial_id", "epoch"]).sort_index()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("watched")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2
+    # one run per trial, named by Tune's trial name: the l2bn trial id
+    assert sorted(r.info.run_name for r in runs) == sorted(history.index.levels[0])
     for run in runs:
-        lr = float(run.data.params["trial/lr"])
-        assert run.data.params["trial/optimizer"] == "sgd"
+        assert '"lr"' in run.data.params["group"] or "'lr'" in run.data.params["group"]
         for key in WATCHED:
             logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            assert [v for _, v in logged] == pytest.approx(list(history.loc[lr][key]), rel=1e-6), key
-
+            assert [s for s, _ in logged] == [1, 2], key
+            assert [v for _, v in logged] == pytest.approx(
+                list(history.loc[run.info.run_name][key]), rel=1e-6), key
 
 def test_a_refused_mlflow_uri_is_one_line_before_any_trial(tmp_path):
     pytest.importorskip("mlflow", reason='the "logging" extra (pip install -e ".[logging]")')
