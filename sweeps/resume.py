@@ -16,7 +16,14 @@ RESUMABLE = {"max_failures": "--max-failures", "keep_checkpoints": "--keep-check
              "reuse_actors": "--no-reuse-actors", "progress_interval": "--progress-interval",
              "checkpoint_every": "--checkpoint-every", "overrides": "--data-dir/--set device",
              "tensorboard": "--tensorboard", "mlflow": "--mlflow"}
-FIXED_ON_RESUME = {"cpus_per_trial": "--cpus-per-trial", "gpus_per_trial": "--gpus-per-trial"}
+# --fuse too: the Tune trials (groups of grid points) were made by the first run.
+FIXED_ON_RESUME = {"cpus_per_trial": "--cpus-per-trial", "gpus_per_trial": "--gpus-per-trial",
+                   "fuse": "--fuse"}
+
+
+def _shown(value: Any) -> str:
+    """A flag's value as the user types it (fuse None is 'auto')."""
+    return "auto" if value is None else f"{value:g}"
 
 
 def run_options(opts: Any) -> dict[str, Any]:
@@ -31,9 +38,10 @@ def resume_changes(store: Any, opts: Any) -> list[str]:
     old, new = meta.get("options") or {}, run_options(opts)
     for key, flag in FIXED_ON_RESUME.items():
         if key in old and old[key] != new[key]:
-            raise GridError(f"{flag} {new[key]:g} differs from the {old[key]:g} the sweep "
-                            f"'{opts.name}' started with, and resumed Tune trials keep their "
-                            f"resources: rerun with {flag} {old[key]:g}, or pass a new --name")
+            raise GridError(f"{flag} {_shown(new[key])} differs from the {_shown(old[key])} the "
+                            f"sweep '{opts.name}' started with, and resumed Tune trials keep "
+                            f"their resources and members: rerun with {flag} "
+                            f"{_shown(old[key])}, or pass a new --name")
     changes = [f"{RESUMABLE[k]}: {old[k]!r} -> {new[k]!r}" for k in RESUMABLE
                if k in old and old[k] != new[k]]
     store.write_meta({**meta, "options": new})

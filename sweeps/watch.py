@@ -17,10 +17,9 @@ def watch_callbacks(opts: Any) -> list:
             from ray.tune.logger import TBXLoggerCallback
             callbacks.append(TBXLoggerCallback())
         if opts.mlflow:
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            from .mlflow_logger import GroupMLflowLogger
             check_mlflow(opts.mlflow)
-            callbacks.append(MLflowLoggerCallback(tracking_uri=opts.mlflow,
-                                                  experiment_name=opts.name))
+            callbacks.append(GroupMLflowLogger(tracking_uri=opts.mlflow, experiment_name=opts.name))
     except ImportError as exc:
         raise GridError(f"--tensorboard/--mlflow need {exc.name or exc}: "
                         'pip install -e ".[logging]"') from None

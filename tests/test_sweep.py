@@ -411,3 +411,17 @@ def test_resume_honors_changed_flags_and_refuses_changed_resources(tmp_path):
     assert third.returncode == 2, third.stdout[-3000:] + third.stderr[-3000:]
     errors = [ln for ln in third.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
     assert len(errors) == 1 and "--cpus-per-trial 2 differs from the 1" in errors[0]
+
+
+def test_resume_refuses_a_changed_fuse_and_applies_a_changed_max_failures(tmp_path):
+    """Restored Tune trials keep their members: a resume with another --fuse is one clear
+    error; a changed --max-failures is applied and named."""
+    from sweeps.resume import resume_changes
+
+    store = ResultStore(str(tmp_path), "s")
+    first = SweepOptions(name="s", storage=str(tmp_path), fuse=1)
+    assert resume_changes(store, first) == []  # first run: records its options
+    assert resume_changes(store, SweepOptions(name="s", storage=str(tmp_path), fuse=1,
+                                              max_failures=0)) == ["--max-failures: 2 -> 0"]
+    with pytest.raises(GridError, match=r"--fuse auto differs from the 1 the sweep 's' started with"):
+        resume_changes(store, SweepOptions(name="s", storage=str(tmp_path), fuse=None))

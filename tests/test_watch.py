@@ -89,7 +89,9 @@ def test_mlflow_runs_hold_params_and_each_epochs_metrics(watched_sweep, monkeypa
     # one run per trial, named by Tune's trial name: the l2bn trial id
     assert sorted(r.info.run_name for r in runs) == sorted(history.index.levels[0])
     for run in runs:
-        assert '"lr"' in run.data.params["group"] or "'lr'" in run.data.params["group"]
+        lr = float(run.data.params["trial/lr"])  # a group of one: its config as trial/<field>
+        assert run.data.params["trial/optimizer"] == "sgd"
+        assert history.loc[run.info.run_name]["lr"].iloc[0] == lr
         for key in WATCHED:
             logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
             assert [s for s, _ in logged] == [1, 2], key
@@ -108,3 +110,16 @@ def test_a_refused_mlflow_uri_is_one_line_before_any_trial(tmp_path):
     assert out.returncode == 2 and len(errors) == 1, out.stderr[-3000:]
     assert errors[0].startswith(f"error: --mlflow {(tmp_path / 'mlruns').as_uri()}: ")
     assert "MLFLOW_ALLOW_FILE_STORE" in errors[0]
+
+
+def test_mlflow_params_name_each_member_of_a_fused_group():
+    pytest.importorskip("mlflow", reason='the "logging" extra (pip install -e ".[logging]")')
+    from l2bn.config import TrialConfig
+    from sweeps.mlflow_logger import group_params
+
+    a, b = TrialConfig(lr=0.1, l2=1e-3), TrialConfig(lr=0.2, l2=1e-2)
+    one = group_params({"group": [a.to_row()]})
+    assert one["trial/lr"] == 0.1 and one["trial/optimizer"] == "sgd" and len(one) == len(a.to_row())
+    two = group_params({"group": [a.to_row(), b.to_row()]})
+    assert two[f"{a.trial_id}/lr"] == 0.1 and two[f"{b.trial_id}/l2"] == 1e-2
+    assert len(two) == 2 * len(a.to_row())
