@@ -28,7 +28,7 @@ DEFAULT_N_TRAIN = 50_000
 # Config fields besides (optimizer, norm, update, lr, l2, seed) that define a separate setting
 # when a sweep varies them; data_dir and device say where a trial ran, not what it computed.
 SETTING_COLUMNS = ("l2_scope", "width", "epochs", "batch_size", "n_train", "n_test",
-                   "augment", "scale_invariant", "data")
+                   "augment", "scale_invariant", "precision", "data")
 USED_STATUSES = ("completed", "diverged")
 READ_THREADS = 8
 

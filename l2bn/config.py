@@ -18,13 +18,14 @@ UPDATES = ("l2", "projection")
 L2_SCOPES = ("all", "normalized")
 DATA_SOURCES = ("cifar10", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 # Fields that say where/how a trial runs, not what it computes: left out of the trial id,
 # so the same grid point has the same id on a laptop and on a cluster.
 EXECUTION_FIELDS = ("device", "data_dir")
 # Fields added after the first results were written enter the trial id only when they differ
 # from these defaults, so every earlier grid point keeps its id (resumes, file names).
-ADDED_FIELDS = {"scale_invariant": False}
+ADDED_FIELDS = {"scale_invariant": False, "precision": "fp32"}
 # The fields in which the members of a fused group (one stack of models, l2bn/stack.py) may
 # differ: they only set each model's optimizer hyper-parameters, never a tensor's shape.
 FUSED_FIELDS = ("lr", "l2")
@@ -35,6 +36,7 @@ _CHOICES = {
     "update": UPDATES,
     "l2_scope": L2_SCOPES,
     "data": DATA_SOURCES,
+    "precision": PRECISIONS,
 }
 
 
@@ -60,6 +62,7 @@ class TrialConfig:
     n_test: int | None = None
     augment: bool = True
     scale_invariant: bool = False  # classifier frozen at init, norms without affine parameters
+    precision: str = "fp32"  # bf16: autocast convs and matmuls, normalization in fp32
     data: str = "cifar10"
     data_dir: str | None = None
     device: str = "auto"

@@ -46,12 +46,15 @@ class Trial:
     diverges is frozen out of the stack; the others go on. `state()`/`load()` checkpoint
     the whole group."""
 
-    def __init__(self, cfgs: TrialConfig | list[TrialConfig], precision: str = "fp32"):
+    def __init__(self, cfgs: TrialConfig | list[TrialConfig]):
         self.cfgs = [cfgs] if isinstance(cfgs, TrialConfig) else list(cfgs)
         check_group(self.cfgs)
         cfg = self.cfg = self.cfgs[0]  # the fields every member shares
         self.device = resolve_device(cfg.device)
-        self.autocast = precision == "bf16" and self.device.type == "cuda"
+        self.autocast = cfg.precision == "bf16"
+        # On a GPU the step loop never waits for the host: divergence flags stay on the device
+        # and are read once at the epoch's end (a blown-up model is frozen then, not mid-epoch).
+        self.check_on_host = self.device.type != "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.seed)
@@ -132,6 +135,7 @@ class Trial:
         self.tracker.reset()
         loss_sum = torch.zeros(len(stack), device=self.device)
         err_sum = torch.zeros(len(stack), device=self.device)
+        flagged = torch.zeros(len(stack), dtype=torch.bool, device=self.device)
         batches = epoch_batches(len(self.train_set), cfg.batch_size, self.gen, self.device)
         for i, idx in enumerate(batches):
             images = self.train_set.images[idx]
@@ -149,16 +153,20 @@ class Trial:
             loss_sum += losses.detach() * len(idx)
             err_sum += (logits.detach().argmax(2) != labels).sum(1)
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0:
-                blown = self._blown_up(loss_sum / (i + 1) / len(idx)).tolist()  # one host read
+                blown_now = self._blown_up(loss_sum / (i + 1) / len(idx))
+                if not self.check_on_host:
+                    flagged |= blown_now
+                    continue
+                blown = blown_now.tolist()  # one host read
                 if any(blown):
                     keep = torch.tensor([not b for b in blown], device=self.device)
-                    loss_sum, err_sum = loss_sum[keep], err_sum[keep]
+                    loss_sum, err_sum, flagged = loss_sum[keep], err_sum[keep], flagged[keep]
                     self._freeze(blown, self.step, rows)
                     if not self.active:
                         return None
         self.step += len(batches)
         n = sum(len(idx) for idx in batches)
-        blown = (self._blown_up(loss_sum / n) | ~stack.finite()).tolist()  # one host read
+        blown = (flagged | self._blown_up(loss_sum / n) | ~stack.finite()).tolist()  # one host read
         keep = torch.tensor([not b for b in blown], device=self.device)
         self._freeze(blown, self.step, rows)
         if not self.active:

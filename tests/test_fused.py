@@ -222,3 +222,42 @@ def test_fused_scale_invariant_group_equals_models_one_by_one_in_float64(optimiz
             assert torch.equal(got["fc.weight"], initial["fc.weight"])
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_on_a_gpu_the_step_loop_reads_nothing_from_the_device(monkeypatch):
+    """check_on_host=False (what CUDA uses): divergence flags stay on the device inside the step
+    loop, one host read at the epoch's end; the same model is recorded diverged in the same
+    epoch and the others still train every epoch."""
+    cfgs = [TrialConfig(**{**BASE, **DIVERGING, "n_train": 512, "batch_size": 8, "epochs": 2}, lr=lr, l2=l2)
+            for lr, l2 in ((0.02, 1e-3), (1e8, 0.0), (0.05, 1e-3))]
+    reads = [0]
+    tolist = torch.Tensor.tolist
+
+    def counting(self):
+        reads[0] += 1
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    outcomes = {}
+    for on_host in (True, False):
+        trial = Trial(cfgs)
+        trial.check_on_host = on_host
+        reads[0] = 0
+        trial.train_epoch()  # 64 steps: a mid-epoch check at step 50, then the epoch's end
+        outcomes[on_host] = reads[0], [c.trial_id for c, h in zip(cfgs, trial.histories, strict=True)
+                                       if h and h[-1]["diverged"]], list(trial.active)
+    assert outcomes[True][0] == 2 and outcomes[False][0] == 1
+    assert outcomes[True][1:] == outcomes[False][1:] == ([cfgs[1].trial_id], [0, 2])
+
+
+def test_bf16_autocast_trains_with_normalization_and_parameters_in_fp32():
+    cfgs = [c.replace(precision="bf16") for c in _group("sgd", "batch", "l2")]
+    bf16, fp32 = Trial(cfgs), Trial([c.replace(precision="fp32") for c in cfgs])
+    rows_bf16, rows_fp32 = bf16.run_epoch(), fp32.run_epoch()
+    assert bf16.stack.params["conv1.conv.weight"].dtype == torch.float32
+    assert bf16.stack.buffers["conv1.norm.running_var"].dtype == torch.float32
+    for a, b in zip(rows_bf16, rows_fp32, strict=True):
+        assert a["precision"] == "bf16" and not a["diverged"]
+        assert a["train_loss"] != b["train_loss"]  # autocast really ran in bf16
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
+    assert cfgs[0].trial_id != cfgs[0].replace(precision="fp32").trial_id
