@@ -19,10 +19,9 @@ from .metrics import UpdateTracker, layer_metrics
 from .model import ConvNet
 from .optim import StackedOptimizer, project_
 from .provenance import run_info
-from .schema import config_columns, diverged_row, final_row
+from .schema import Row, config_columns, diverged_row, final_row
 from .stack import ModelStack
 
-Row = dict[str, Any]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
 # A mean training loss 100x that of chance (ln 10) means the run has blown up even when
 # float32 still holds the numbers; such a trial counts as diverged like a NaN one.
@@ -302,7 +301,7 @@ def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
         if save_state is not None and not row["diverged"]:
             save_state(trial.state())
         report(row)
-    return trial.summary() if trial.history else {}
+    return trial.summary()
 
 
 TABLE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error",
