@@ -1,4 +1,9 @@
-"""Optimizers by name, and the one place where L2 and the projection update are applied.
+"""Optimizers, and where L2 and the projection update are applied.
+
+Training uses `StackedOptimizer` (K models at once; l2bn/train.py's `after_step` projects the
+stack). `build_optimizer`, `project_` and `after_step` here are the same rules on one
+nn.Module ConvNet with torch.optim: the reference the stacked path is tested equal to
+(tests/test_fused.py) and the conventional pipeline of benchmarks/train_throughput.py.
 
 Mapping of the paper's penalty l2*||w||^2 onto torch.optim (wd = 2*l2, TrialConfig.weight_decay):
 - sgd, momentum, adam: `weight_decay=wd` in torch.optim adds wd*w to the gradient before
