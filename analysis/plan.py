@@ -17,6 +17,8 @@ from l2bn.schema import CONV_LAYERS
 from . import rules as R
 from .load import DEFAULT_N_TRAIN
 
+CELL = ("optimizer", "norm", "l2_scope", "scale_invariant")  # one collapse cell per combination
+
 
 def forecast_steps(cfg: TrialConfig) -> float:
     """The slowest conv layer's relaxation time in steps for one config."""
@@ -35,14 +37,14 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
             continue
         budget = (cfg.n_train or DEFAULT_N_TRAIN) // cfg.batch_size * cfg.epochs
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
-                     "lr": cfg.lr, "l2": cfg.l2,
+                     "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
                      "ok": R.PLAN_RELAX_FACTOR * forecast_steps(cfg) <= budget})
     points = pd.DataFrame(rows)
     out = []
-    for key, p in points.groupby(["optimizer", "norm", "l2_scope"], sort=True):
+    for key, p in points.groupby(list(CELL), sort=True):
         ok = p[p["ok"]]
         n, n_lr, n_l2 = len(ok), ok["lr"].nunique(), ok["l2"].nunique()
-        out.append(dict(zip(("optimizer", "norm", "l2_scope"), key, strict=True))
+        out.append(dict(zip(CELL, key, strict=True))
                    | {"n_grid": len(p), "n_points": n, "n_lr": n_lr, "n_l2": n_l2,
                       "decidable": bool(n >= R.MIN_POINTS and min(n_lr, n_l2) >= R.MIN_DISTINCT)})
     return pd.DataFrame(out)
@@ -59,7 +61,8 @@ def describe(configs: list[TrialConfig]) -> str:
             f"{len(table) - len(bad)} of {len(table)} cells decidable")
     return head + "\n" + table.to_string(index=False) + (
         "" if bad.empty else "\nundecidable: " + ", ".join(
-            f"{r.optimizer}/{r.norm}" for r in bad.itertuples()))
+            f"{r.optimizer}/{r.norm}/{r.l2_scope}" + ("/scale-invariant" if r.scale_invariant else "")
+            for r in bad.itertuples()))
 
 
 if __name__ == "__main__":  # python -m analysis.plan GRID

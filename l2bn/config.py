@@ -71,6 +71,7 @@ class TrialConfig:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
         _validate(self)
+        _validate_combination(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
@@ -140,8 +141,18 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
     return float(value) if base is float else value
 
 
+def check_field(name: str, value: Any) -> None:
+    """Validate one field's value on its own: type and range, no cross-field rule (grid axes)."""
+    types = {f.name: f.type for f in fields(TrialConfig)}
+    if name not in types:
+        raise ConfigError(f"unknown config key(s) ['{name}']; allowed keys: {sorted(types)}")
+    cfg = TrialConfig()
+    object.__setattr__(cfg, name, _coerce(name, types[name], value))
+    _validate(cfg)
+
+
 def _validate(cfg: TrialConfig) -> None:
-    """Range and cross-field checks; each error names the field and the allowed values."""
+    """Range checks of single fields; each error names the field and the allowed values."""
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(
@@ -162,6 +173,10 @@ def _validate(cfg: TrialConfig) -> None:
     if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
         raise ConfigError(
             f"config field 'device' must be one of {list(DEVICES)} or 'cuda:N', got {cfg.device!r}")
+
+
+def _validate_combination(cfg: TrialConfig) -> None:
+    """Cross-field checks: values that are each valid but not together."""
     if cfg.norm == "none" and cfg.update == "projection":
         raise ConfigError(
             "config field 'update'='projection' needs a normalization: 'norm' must be one of "

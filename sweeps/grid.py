@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from l2bn.config import ConfigError, TrialConfig, group_key
+from l2bn.config import ConfigError, TrialConfig, check_field, group_key
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 FIELDS = tuple(f.name for f in fields(TrialConfig))
@@ -152,7 +152,7 @@ def _brief(point: dict[str, Any]) -> str:
 def _check_value(where: str, name: str, value: Any) -> None:
     """Validate one field value on its own (over defaults, so cross-field rules stay quiet)."""
     try:
-        TrialConfig.from_dict({name: value})
+        check_field(name, value)
     except ConfigError as exc:
         raise GridError(f"{where}: invalid value {value!r} for '{name}': {exc}") from None
 
