@@ -28,6 +28,7 @@ from .stats import FTest, lack_of_fit, two_way
 POINT_KEYS = ["cell", "optimizer", "norm", "update", "setting", "lr", "l2"]
 CELL_KEYS = POINT_KEYS[:5]
 EQUILIBRIUM_RULES = ("measured", "relaxation", "all")
+DEAD_COLUMNS = [f"{layer}_dead_fraction" for layer in CONV_LAYERS]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Checks:
     equilibrium_cells: pd.DataFrame  # per cell summary with verdict
     settings: CheckSettings
     sensitivity: pd.DataFrame = None  # collapse slope under other equilibrium rules
+    cells: pd.DataFrame = None  # per cell: best error and dead-channel fractions (descriptive)
 
 
 def rules(settings: CheckSettings) -> list[str]:
@@ -140,6 +142,8 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
     t["balance"] = (t[ratios].astype(float) ** k[:, None]).mean(axis=1)
     for col in ("norm_drift", "angle_drift"):
         t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
+    for col in DEAD_COLUMNS:  # last epoch's share of dead channels (l2bn/metrics.py)
+        t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
     grad = [c for c in (f"{layer}_grad_norm_unit" for layer in CONV_LAYERS) if c in t]
     t["grad_norm_conv"] = t[grad].astype(float).mean(axis=1) if grad else np.nan
     g = t.groupby(POINT_KEYS, sort=True)
@@ -149,7 +153,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
                    grad_norm_conv=("grad_norm_conv", "median"),
                    norm_drift=("norm_drift", "median"), angle_drift=("angle_drift", "median"),
                    balance=("balance", "mean"),
-                   **{c: (c, "mean") for c in ratios}).reset_index()
+                   **{c: (c, "mean") for c in ratios + DEAD_COLUMNS}).reset_index()
     ok = t[~t["diverged_final"]].groupby(POINT_KEYS, sort=True)["error_plot"].agg(list)
     points["errors"] = [np.asarray(ok.get(k, []), float)
                         for k in points[POINT_KEYS].itertuples(index=False, name=None)]
@@ -360,6 +364,30 @@ def equilibrium_tables(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     return per_point.reset_index(drop=True), pd.DataFrame(rows)
 
 
+def cell_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, descriptive (no verdict): the best point's mean test error, and each conv
+    layer's dead-channel fraction at the last epoch (share of channels turning < 1% of the
+    layer's angle, l2bn/metrics.py), median over the cell's non-diverged points and over the
+    points the collapse fit uses (equilibrated, l2 > 0)."""
+    rows = []
+    for cell, p in points.groupby("cell", sort=True):
+        ok = p[p["fit_mean"].notna()]
+        best = ok.loc[ok["fit_mean"].idxmin()] if len(ok) else None
+        used = ok[ok["equilibrated"] & (ok["l2"] > 0)]
+        row = {k: p.iloc[0][k] for k in CELL_KEYS} | {
+            "n_points": len(p), "n_used": len(used),
+            "best_error": float(best["fit_mean"]) if best is not None else np.nan,
+            "best_lr": float(best["lr"]) if best is not None else np.nan,
+            "best_l2": float(best["l2"]) if best is not None else np.nan}
+        for col in DEAD_COLUMNS:
+            layer = col.removesuffix("_fraction")
+            row[f"{layer}_median"] = float(ok[col].median()) if len(ok) else np.nan
+            row[f"{layer}_used_median"] = float(used[col].median()) if len(used) else np.nan
+            row[f"{layer}_max"] = float(ok[col].max()) if len(ok) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def sensitivity_table(points: pd.DataFrame, settings: CheckSettings) -> pd.DataFrame:
     """The collapse slope of each cell under other equilibrium rules: the measured rule with
     its thresholds scaled by SENSITIVITY_FACTORS, the relaxation rule, all l2 > 0 points."""
@@ -398,7 +426,7 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
     eq_points, eq_cells = equilibrium_tables(points)
     sens = sensitivity_table(points, settings) if sensitivity else pd.DataFrame()
     return Checks(points, pd.DataFrame(collapse), pd.DataFrame(projection), eq_points,
-                  eq_cells, settings, sens)
+                  eq_cells, settings, sens, cell_table(points))
 
 
 def verdict_table(checks: Checks) -> pd.DataFrame:

@@ -46,6 +46,7 @@ def to_json(checks: Checks, results: Results) -> str:
         "equilibrium": _records(checks.equilibrium_cells),
         "equilibrium_points": _records(checks.equilibrium),
         "sensitivity": _records(checks.sensitivity) if checks.sensitivity is not None else [],
+        "cells": _records(checks.cells) if checks.cells is not None else [],
     }
     return json.dumps(_clean_tree(payload), indent=1, sort_keys=True, allow_nan=False)
 

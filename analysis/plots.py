@@ -263,6 +263,40 @@ def collapse_plot(points: pd.DataFrame) -> Figure | None:
 
 
 @styled
+def dead_channels(points: pd.DataFrame) -> Figure | None:
+    """Figure 7: each conv layer's dead-channel fraction at the last epoch against the same
+    effective-LR proxy as figure 2 (mean over non-diverged seeds; hollow: not equilibrated)."""
+    cols = [f"{layer}_dead_fraction" for layer in LAYERS[:-1]]
+    p = points[(points["update"] == "l2") & (points["l2"] > 0) & ~points["all_diverged"]]
+    if p.empty or not all(c in p for c in cols) or p[cols].isna().all().all():
+        return None
+    panels = sorted(p["cell"].unique())
+    fig, axes = _grid(len(panels))
+    palette = sns.color_palette("deep", len(cols))
+    for ax, cell in zip(axes.flat, panels, strict=False):
+        c = p[p["cell"] == cell].sort_values("eff_lr_proxy")
+        for col, color in zip(cols, palette, strict=True):
+            for eq, face in ((True, color), (False, "none")):
+                d = c[c["equilibrated"] == eq]
+                ax.scatter(d["eff_lr_proxy"], d[col], facecolors=face, edgecolors=[color],
+                           s=20, lw=1)
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, c["eff_lr_proxy"])
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("lr*l2" if c["optimizer"].iloc[0] != "adam" else "(lr^2*l2)^(1/3)")
+        ax.set_ylabel("dead-channel fraction")
+        ax.set_title(cell, fontsize=8)
+    handles = [Line2D([], [], marker="o", ls="", color=color, label=col.split("_")[0])
+               for col, color in zip(cols, palette, strict=True)]
+    handles.append(Line2D([], [], marker="o", ls="", mfc="none", color="0.3",
+                          label="not equilibrated"))
+    axes.flat[0].legend(handles=handles, fontsize=6)
+    _suptitle(fig, "Dead channels at the last epoch (channels turning < 1% of their layer's "
+              "angle) against the effective-LR proxy of figure 2")
+    return fig
+
+
+@styled
 def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | None:
     """Figure 3: test error against l2 at each lr, update=l2 beside update=projection."""
     groups = sorted(points[points["norm"] != "none"].groupby(["optimizer", "norm", "setting"])

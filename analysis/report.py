@@ -44,7 +44,13 @@ FIGURES = {
                          "at all once lr is tuned?",
     "fig6_control_heatmaps": "Control without normalization (norm=none): the same heatmaps, "
                              "where the collapse should not hold.",
+    "fig7_dead_channels": "Dead-channel fraction per conv layer at the last epoch against the "
+                          "effective-LR proxy of figure 2: where a collapse breaks, are channels "
+                          "dead?",
 }
+# figure 7 is shown right after figure 2, whose points it describes (numbers stay by name)
+FIGURE_ORDER = ["fig1_heatmaps", "fig2_collapse", "fig7_dead_channels", "fig3_l2_sensitivity",
+                "fig4_dynamics", "fig5_best_over_lr", "fig6_control_heatmaps"]
 FIGURE_NUMBERS = {name: number for number, name in enumerate(FIGURES, start=1)}
 COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_excluded", "n_lr", "n_l2", "bootstrap", "s",
                     "ci_low", "ci_high", "s_theory", "lof_p", "r2_1d", "r2_lr", "r2_l2",
@@ -106,6 +112,7 @@ def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict]) -
         "fig5_best_over_lr": plots.best_over_lr(p),
         "fig6_control_heatmaps": plots.heatmaps(control, checks.collapse, checks.projection,
                                                 "Control: no normalization (norm=none)"),
+        "fig7_dead_channels": plots.dead_channels(p),
     }
 
 
@@ -149,9 +156,17 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
         Heading("Verdicts"), Table(verdicts, "verdicts"),
         Heading("Rules and thresholds"), Bullets(tuple(rules(checks.settings))),
         Heading("Figures")]
-    blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}") for n in figure_names]
+    blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}")
+               for n in FIGURE_ORDER if n in figure_names]
     blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),
                Table(_cols(checks.collapse, COLLAPSE_COLUMNS), "collapse"),
+               Heading("Per cell: best test error and dead channels (descriptive, no verdict)"),
+               Text("best_error: the lowest mean test error over the cell's points (at best_lr,"
+                    " best_l2). convN_dead_median: median over the cell's non-diverged points "
+                    "of the last epoch's share of conv N's channels that turned less than 1% of"
+                    " the layer's angle (figure 7); _used_median: over the points the collapse "
+                    "fit uses; _max: the worst point."),
+               Table(checks.cells if checks.cells is not None else pd.DataFrame(), "cells"),
                Heading("Points left out of the collapse fits"),
                Table(excluded_table(checks.collapse), "excluded"),
                Heading("Collapse slope under other equilibrium rules (sensitivity)"),

@@ -73,6 +73,9 @@ def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
             pred = theory.equilibrium_angular_update(
                 cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum, fan_in=fan_ins[layer],
                 grad_norm_unit=GRAD_NORM_UNIT)
+        if layer != "fc":  # more channels die as the angular update grows (a made-up shape)
+            angle = cfg.lr * GRAD_NORM_UNIT / norm**2
+            row[f"{layer}_dead_fraction"] = angle / (1.0 + angle)
         row.update({f"{layer}_w_norm": norm * 4.0, f"{layer}_unit_norm": norm,
                     f"{layer}_rel_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
                     f"{layer}_angular_update": cfg.lr * GRAD_NORM_UNIT / norm**2,

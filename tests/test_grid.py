@@ -240,3 +240,43 @@ def test_quick_grid_can_decide_the_collapse_by_the_analysis_rules():
     assert cell["decidable"] and cell["n_points"] >= 7
     products = [c.lr * c.l2 for c in configs]
     assert np.log10(max(products) / min(products)) >= 1.0
+
+
+def test_cross_field_axes_are_judged_per_point(tmp_path):
+    """scale_invariant=True is valid only with a norm and l2_scope=normalized: as an axis value
+    it is checked on its own (type), and the combination on each point of the product."""
+    text = """
+axes:
+  norm: [none, batch]
+  l2_scope: [all, normalized]
+  scale_invariant: [false, true]
+exclude:
+  - {norm: none, l2_scope: normalized}
+  - {norm: none, scale_invariant: true}
+"""
+    path = write(tmp_path, text + "  - {scale_invariant: true, l2_scope: all}\n")
+    got = {(t.norm, t.l2_scope, t.scale_invariant) for t in load_grid(path).configs()}
+    assert got == {("none", "all", False), ("batch", "all", False),
+                   ("batch", "normalized", False), ("batch", "normalized", True)}
+    with pytest.raises(GridError) as info:  # the bad combination left in: named, as a point
+        load_grid(write(tmp_path, text)).configs()
+    assert "scale_invariant: True" in str(info.value) and "l2_scope: all" in str(info.value)
+    with pytest.raises(GridError, match="axis 'scale_invariant'.*'yes'"):
+        load_grid(write(tmp_path, "axes: {scale_invariant: [false, 'yes']}\n")).configs()
+
+
+def test_v2_grid_has_every_arm_two_seeds_and_decidable_cells():
+    """Issue 11's design: sgd and adam x batch and weight norm x four arms, a norm=none control
+    on >= 4 l2 values, 2 seeds everywhere, every cell decidable by analysis.plan."""
+    from analysis.plan import plan_cells
+
+    trials = configs("v2")
+    arms = Counter((t.optimizer, t.norm, t.update, t.l2_scope, t.scale_invariant) for t in trials)
+    for opt, norm in itertools.product(("sgd", "adam"), ("batch", "weight")):
+        for arm in (("l2", "all", False), ("l2", "normalized", False),
+                    ("projection", "normalized", False), ("l2", "normalized", True)):
+            assert arms[(opt, norm, *arm)] == 3 * 3 * 2  # 3 lr x 3 l2 x 2 seeds
+        control = [t for t in trials if t.optimizer == opt and t.norm == "none"]
+        assert len({t.l2 for t in control}) >= 4 and len(control) == 3 * 4 * 2
+    assert {t.seed for t in trials} == {0, 1} and len(trials) == 336
+    assert plan_cells(trials)["decidable"].all()
