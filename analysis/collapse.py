@@ -370,7 +370,7 @@ def cell_table(points: pd.DataFrame) -> pd.DataFrame:
     layer's angle, l2bn/metrics.py), median over the cell's non-diverged points and over the
     points the collapse fit uses (equilibrated, l2 > 0)."""
     rows = []
-    for cell, p in points.groupby("cell", sort=True):
+    for _cell, p in points.groupby("cell", sort=True):
         ok = p[p["fit_mean"].notna()]
         best = ok.loc[ok["fit_mean"].idxmin()] if len(ok) else None
         used = ok[ok["equilibrated"] & (ok["l2"] > 0)]
