@@ -1,0 +1,87 @@
+"""python -m analysis.summary RESULTS/collapse.json: one Markdown table, a row per cell.
+
+Reads a report's collapse.json (no Parquet, no torch) and puts each cell's verdicts side by
+side with the numbers behind them: the collapse slope s with its interval and the theory's
+value, the lack-of-fit p, the projection's l2 effect, the equilibrium's norm balance, the
+median dead-channel fraction of conv3 and the cell's best test error. README's results
+tables are this output.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+COLUMNS = ["cell", "collapse", "s [95% CI] (theory)", "lack-of-fit p", "projection",
+           "l2 effect (p)", "equilibrium", "balance", "conv3 dead", "best error"]
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else format(value, fmt)
+
+
+def _short(cell: str) -> str:
+    """'sgd/batch/l2, l2_scope=all, scale_invariant=False' -> 'sgd/batch/l2 all'."""
+    head, _, setting = cell.partition(", ")
+    parts = dict(p.split("=", 1) for p in setting.split(", ") if "=" in p)
+    label = head + (f" {parts['l2_scope']}" if "l2_scope" in parts else "")
+    return label + (" scale-invariant" if parts.get("scale_invariant") == "True" else "")
+
+
+def rows(payload: dict) -> list[dict]:
+    """One dict per cell (every cell any check or the cells table names), in cell order."""
+    by = {name: {r["cell"]: r for r in payload.get(name, [])}
+          for name in ("collapse", "projection", "equilibrium", "cells")}
+    out = []
+    for cell in sorted(set().union(*by.values())):
+        c, p, e, k = (by[name].get(cell, {}) for name in by)
+        s = "" if c.get("s") is None else (
+            f"{c['s']:.2f} [{_num(c.get('ci_low'), '.2f')}, {_num(c.get('ci_high'), '.2f')}]"
+            f" ({c['s_theory']:g})")
+        effect = "" if p.get("l2_effect") is None else \
+            f"{p['l2_effect']:.4f} ({_num(p.get('l2_p'), '.2g')})"
+        verdict = c.get("verdict", "")
+        if verdict == "DESCRIPTIVE" and c.get("descriptive"):
+            verdict += f" (would {c['descriptive']})"
+        out.append({"cell": _short(cell), "collapse": verdict, COLUMNS[2]: s,
+                    "lack-of-fit p": _num(c.get("lof_p"), ".2g"),
+                    "projection": p.get("verdict", ""), "l2 effect (p)": effect,
+                    "equilibrium": e.get("verdict", ""),
+                    "balance": _num(e.get("balance_median")),
+                    "conv3 dead": _num(k.get("conv3_dead_median"), ".2f"),
+                    "best error": _num(k.get("best_error"))})
+    return out
+
+
+def markdown(payload: dict) -> str:
+    """The table as Markdown, headed by the rules version it was judged under."""
+    lines = [f"Rules version {payload.get('rules_version', '?')}.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r[col] for col in COLUMNS) + " |" for r in rows(payload)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table; exit 2 with one line when the file is missing or not collapse.json."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m analysis.summary RESULTS/collapse.json", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    path = path / "collapse.json" if path.is_dir() else path
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: {path}: expected a report's collapse.json ({exc})", file=sys.stderr)
+        return 2
+    if not isinstance(payload, dict) or "verdicts" not in payload:
+        print(f"error: {path}: expected a report's collapse.json (no 'verdicts')", file=sys.stderr)
+        return 2
+    print(markdown(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
