@@ -149,6 +149,11 @@ def _diverged_at_top(ax, x: pd.Series, p: pd.DataFrame) -> None:
                 transform=ax.get_xaxis_transform())
 
 
+def _wrap(title: str, width: int = 44) -> str:
+    """A panel title on as many lines as it needs (cell names grow with their settings)."""
+    return "\n".join(textwrap.wrap(title, width))
+
+
 def _suptitle(fig: Figure, text: str) -> None:
     """A figure title wrapped to the figure's width."""
     fig.suptitle(textwrap.fill(text, int(fig.get_figwidth() * 14)), fontsize=9)
@@ -211,7 +216,7 @@ def heatmaps(points: pd.DataFrame, collapse: pd.DataFrame, projection: pd.DataFr
         lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, CHANCE_ERROR)
         mesh = draw_heatmap(ax, p, l2axis, lo, max(hi, lo + MIN_COLOR_RANGE), fit)
         fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.06)
-        label = cell + (f"  [{fit['verdict']}]" if fit else "")
+        label = _wrap(cell + (f"  [{fit['verdict']}]" if fit else ""))
         if fit and np.isfinite(fit.get("s", np.nan)):
             label += f"\nfit s={fit['s']:.2f} [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}]," \
                      f" theory {fit['s_theory']:g}"
@@ -247,8 +252,8 @@ def collapse_plot(points: pd.DataFrame) -> Figure | None:
         _log_ticks(ax.xaxis, c["eff_lr_proxy"])
         ax.set_xlabel("lr*l2" if opt != "adam" else "(lr^2*l2)^(1/3)")
         ax.set_ylabel("test error")
-        ax.set_title(cell + ("  (control: no collapse expected)" if c["norm"].iloc[0] == "none"
-                             else ""), fontsize=8)
+        ax.set_title(_wrap(cell + ("  (control: no collapse expected)"
+                                   if c["norm"].iloc[0] == "none" else "")), fontsize=8)
     handles = [Line2D([], [], marker="o", ls="", color="0.3", label="equilibrated"),
                Line2D([], [], marker="o", ls="", mfc="none", color="0.3",
                       label="not equilibrated"),
@@ -285,7 +290,7 @@ def dead_channels(points: pd.DataFrame) -> Figure | None:
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("lr*l2" if c["optimizer"].iloc[0] != "adam" else "(lr^2*l2)^(1/3)")
         ax.set_ylabel("dead-channel fraction")
-        ax.set_title(cell, fontsize=8)
+        ax.set_title(_wrap(cell), fontsize=8)
     handles = [Line2D([], [], marker="o", ls="", color=color, label=col.split("_")[0])
                for col, color in zip(cols, palette, strict=True)]
     handles.append(Line2D([], [], marker="o", ls="", mfc="none", color="0.3",
@@ -313,7 +318,7 @@ def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | N
             c = points[(points["optimizer"] == opt) & (points["norm"] == norm)
                        & (points["setting"] == setting) & (points["update"] == update)]
             cell = f"{opt}/{norm}/{update}{setting}"
-            ax.set_title(cell, fontsize=8)
+            ax.set_title(_wrap(cell), fontsize=8)
             if c.empty:
                 ax.text(0.5, 0.5, "no trials", transform=ax.transAxes, ha="center")
                 continue
