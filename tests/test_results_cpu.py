@@ -17,7 +17,7 @@ from analysis.load import load_results
 from analysis.rules import RULES_VERSION
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-SHIPPED = {"cpu": (176, 704), "cpu_adam": (40, 160)}  # name: (trials, history rows)
+SHIPPED = {"cpu": (176, 704), "cpu_adam": (40, 160), "v2": (336, 1334)}  # (trials, history rows)
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "ratio", "l2_effect",
          "l2_p", "lr_p", "balance_median", "ratio_median", "best_error", "best_lr", "best_l2",
          "conv1_dead_median", "conv2_dead_median", "conv3_dead_median", "conv3_dead_used_median")
