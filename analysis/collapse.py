@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
-from l2bn.schema import CONV_LAYERS
+from l2bn.schema import CONV_LAYERS, layer_columns
 
 from . import rules as R
 from .equilibrium import last_epoch_drifts
@@ -28,7 +28,7 @@ from .stats import FTest, lack_of_fit, two_way
 POINT_KEYS = ["cell", "optimizer", "norm", "update", "setting", "lr", "l2"]
 CELL_KEYS = POINT_KEYS[:5]
 EQUILIBRIUM_RULES = ("measured", "relaxation", "all")
-DEAD_COLUMNS = [f"{layer}_dead_fraction" for layer in CONV_LAYERS]
+DEAD_COLUMNS = layer_columns("dead_fraction", CONV_LAYERS)  # last epoch, l2bn/metrics.py
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
         t[col] = (measured / pred).where(~t["diverged_final"])
     k = np.array([theory.balance_exponent(o) for o in t["optimizer"]], dtype=float)
     t["balance"] = (t[ratios].astype(float) ** k[:, None]).mean(axis=1)
-    for col in ("norm_drift", "angle_drift"):
-        t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
-    for col in DEAD_COLUMNS:  # last epoch's share of dead channels (l2bn/metrics.py)
+    for col in ("norm_drift", "angle_drift", *DEAD_COLUMNS):
         t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
     grad = [c for c in (f"{layer}_grad_norm_unit" for layer in CONV_LAYERS) if c in t]
     t["grad_norm_conv"] = t[grad].astype(float).mean(axis=1) if grad else np.nan
@@ -372,18 +370,16 @@ def cell_table(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _cell, p in points.groupby("cell", sort=True):
         ok = p[p["fit_mean"].notna()]
-        best = ok.loc[ok["fit_mean"].idxmin()] if len(ok) else None
         used = ok[ok["equilibrated"] & (ok["l2"] > 0)]
+        best = ok.nsmallest(1, "fit_mean")  # empty when every point diverged: NaN below
         row = {k: p.iloc[0][k] for k in CELL_KEYS} | {
             "n_points": len(p), "n_used": len(used),
-            "best_error": float(best["fit_mean"]) if best is not None else np.nan,
-            "best_lr": float(best["lr"]) if best is not None else np.nan,
-            "best_l2": float(best["l2"]) if best is not None else np.nan}
-        for col in DEAD_COLUMNS:
+            "best_error": best["fit_mean"].max(), "best_lr": best["lr"].max(),
+            "best_l2": best["l2"].max()}
+        for col in DEAD_COLUMNS:  # median/max of an empty column is NaN
             layer = col.removesuffix("_fraction")
-            row[f"{layer}_median"] = float(ok[col].median()) if len(ok) else np.nan
-            row[f"{layer}_used_median"] = float(used[col].median()) if len(used) else np.nan
-            row[f"{layer}_max"] = float(ok[col].max()) if len(ok) else np.nan
+            row |= {f"{layer}_median": ok[col].median(), f"{layer}_used_median": used[col].median(),
+                    f"{layer}_max": ok[col].max()}
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from l2bn import theory
 from l2bn.schema import LAYERS
 
+from .collapse import DEAD_COLUMNS
 from .load import CHANCE_ERROR
 
 PANEL = (3.2, 2.7)  # inches per panel
@@ -149,6 +150,11 @@ def _diverged_at_top(ax, x: pd.Series, p: pd.DataFrame) -> None:
                 transform=ax.get_xaxis_transform())
 
 
+def _proxy_label(optimizer: str) -> str:
+    """The x label of the effective-LR proxy (theory.effective_lr_proxy's form)."""
+    return "(lr^2*l2)^(1/3)" if optimizer == "adam" else "lr*l2"
+
+
 def _wrap(title: str, width: int = 44) -> str:
     """A panel title on as many lines as it needs (cell names grow with their settings)."""
     return "\n".join(textwrap.wrap(title, width))
@@ -250,7 +256,7 @@ def collapse_plot(points: pd.DataFrame) -> Figure | None:
         opt = c["optimizer"].iloc[0]
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, c["eff_lr_proxy"])
-        ax.set_xlabel("lr*l2" if opt != "adam" else "(lr^2*l2)^(1/3)")
+        ax.set_xlabel(_proxy_label(opt))
         ax.set_ylabel("test error")
         ax.set_title(_wrap(cell + ("  (control: no collapse expected)"
                                    if c["norm"].iloc[0] == "none" else "")), fontsize=8)
@@ -271,7 +277,7 @@ def collapse_plot(points: pd.DataFrame) -> Figure | None:
 def dead_channels(points: pd.DataFrame) -> Figure | None:
     """Figure 7: each conv layer's dead-channel fraction at the last epoch against the same
     effective-LR proxy as figure 2 (mean over non-diverged seeds; hollow: not equilibrated)."""
-    cols = [f"{layer}_dead_fraction" for layer in LAYERS[:-1]]
+    cols = DEAD_COLUMNS
     p = points[(points["update"] == "l2") & (points["l2"] > 0) & ~points["all_diverged"]]
     if p.empty or not all(c in p for c in cols) or p[cols].isna().all().all():
         return None
@@ -288,7 +294,7 @@ def dead_channels(points: pd.DataFrame) -> Figure | None:
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, c["eff_lr_proxy"])
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("lr*l2" if c["optimizer"].iloc[0] != "adam" else "(lr^2*l2)^(1/3)")
+        ax.set_xlabel(_proxy_label(c["optimizer"].iloc[0]))
         ax.set_ylabel("dead-channel fraction")
         ax.set_title(_wrap(cell), fontsize=8)
     handles = [Line2D([], [], marker="o", ls="", color=color, label=col.split("_")[0])

@@ -30,12 +30,17 @@ from .document import Block, Bullets, FigureRef, Heading, Table, Text, to_html, 
 from .export import to_csv_frame, to_json
 from .load import Results, ResultsError, load_results
 
+# In the report's order; figure 7 sits right after figure 2, whose points it describes, and
+# keeps the number in its name (the file names of earlier reports stay valid).
 FIGURES = {
     "fig1_heatmaps": "Test error over (lr, l2) per optimizer/norm/update, with the theory's "
                      "iso-lines (lr*l2 = const for sgd/momentum/adamw, lr^2*l2 = const for adam; "
                      "constant lr for projection) and the fitted direction.",
     "fig2_collapse": "Test error against the theory's effective-LR proxy, coloured by l2: "
                      "with a normalization the points should fall on one curve.",
+    "fig7_dead_channels": "Dead-channel fraction per conv layer at the last epoch against the "
+                          "effective-LR proxy of figure 2: where a collapse breaks, are channels "
+                          "dead?",
     "fig3_l2_sensitivity": "Test error against l2 at each lr, update=l2 beside "
                            "update=projection: projection should be flat in l2 until l2 is large.",
     "fig4_dynamics": "Per-layer dynamics over training for chosen cells: weight norm, measured "
@@ -44,14 +49,8 @@ FIGURES = {
                          "at all once lr is tuned?",
     "fig6_control_heatmaps": "Control without normalization (norm=none): the same heatmaps, "
                              "where the collapse should not hold.",
-    "fig7_dead_channels": "Dead-channel fraction per conv layer at the last epoch against the "
-                          "effective-LR proxy of figure 2: where a collapse breaks, are channels "
-                          "dead?",
 }
-# figure 7 is shown right after figure 2, whose points it describes (numbers stay by name)
-FIGURE_ORDER = ["fig1_heatmaps", "fig2_collapse", "fig7_dead_channels", "fig3_l2_sensitivity",
-                "fig4_dynamics", "fig5_best_over_lr", "fig6_control_heatmaps"]
-FIGURE_NUMBERS = {name: number for number, name in enumerate(FIGURES, start=1)}
+FIGURE_NUMBERS = {name: int(name.split("_")[0].removeprefix("fig")) for name in FIGURES}
 COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_excluded", "n_lr", "n_l2", "bootstrap", "s",
                     "ci_low", "ci_high", "s_theory", "lof_p", "r2_1d", "r2_lr", "r2_l2",
                     "r2adj_1d", "r2adj_lr", "r2adj_l2", "gain", "descriptive", "verdict"]
@@ -107,12 +106,12 @@ def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict]) -
         "fig1_heatmaps": plots.heatmaps(normalized, checks.collapse, checks.projection,
                                         "Test error heatmaps (normalized networks)"),
         "fig2_collapse": plots.collapse_plot(p),
+        "fig7_dead_channels": plots.dead_channels(p),
         "fig3_l2_sensitivity": plots.l2_sensitivity(p, checks.projection),
         "fig4_dynamics": plots.dynamics(results.history, dynamics_cells),
         "fig5_best_over_lr": plots.best_over_lr(p),
         "fig6_control_heatmaps": plots.heatmaps(control, checks.collapse, checks.projection,
                                                 "Control: no normalization (norm=none)"),
-        "fig7_dead_channels": plots.dead_channels(p),
     }
 
 
@@ -156,8 +155,7 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
         Heading("Verdicts"), Table(verdicts, "verdicts"),
         Heading("Rules and thresholds"), Bullets(tuple(rules(checks.settings))),
         Heading("Figures")]
-    blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}")
-               for n in FIGURE_ORDER if n in figure_names]
+    blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}") for n in figure_names]
     blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),
                Table(_cols(checks.collapse, COLLAPSE_COLUMNS), "collapse"),
                Heading("Per cell: best test error and dead channels (descriptive, no verdict)"),

@@ -76,11 +76,7 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
         """Build from a plain dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s) {unknown}; allowed keys: {sorted(known)}")
+        _check_keys(values)
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrialConfig:
@@ -143,12 +139,19 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
 
 def check_field(name: str, value: Any) -> None:
     """Validate one field's value on its own: type and range, no cross-field rule (grid axes)."""
-    types = {f.name: f.type for f in fields(TrialConfig)}
-    if name not in types:
-        raise ConfigError(f"unknown config key(s) ['{name}']; allowed keys: {sorted(types)}")
+    _check_keys([name])
     cfg = TrialConfig()
-    object.__setattr__(cfg, name, _coerce(name, types[name], value))
+    field_type = next(f.type for f in fields(TrialConfig) if f.name == name)
+    object.__setattr__(cfg, name, _coerce(name, field_type, value))
     _validate(cfg)
+
+
+def _check_keys(keys) -> None:
+    """Reject keys that are not TrialConfig fields, naming them and the allowed ones."""
+    known = {f.name for f in fields(TrialConfig)}
+    unknown = sorted(set(keys) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {sorted(known)}")
 
 
 def _validate(cfg: TrialConfig) -> None:
