@@ -22,7 +22,9 @@ from l2bn.schema import CONV_LAYERS, layer_columns
 from . import rules as R
 from .equilibrium import last_epoch_drifts
 from .fit import CI_LEVEL, MAX_DOF, POINTS_PER_DOF, SlopeFit, adjusted_r2, fit_slope, smooth
+from .isolines import iso_line_test
 from .load import CHANCE_ERROR, Results
+from .outcome import last_evals
 from .stats import FTest, lack_of_fit, two_way
 
 POINT_KEYS = ["cell", "optimizer", "norm", "update", "setting", "lr", "l2"]
@@ -40,6 +42,7 @@ class CheckSettings:
     seed: int = 0
     large_l2: float | None = None  # None: from the measured gradient norm (see rules())
     equilibrium: str = "measured"  # or "relaxation" (rules version 1, factor 1) or "all"
+    rules: str = R.RULES_VERSION  # the verdict rules' version (analysis/rules.py)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Checks:
     settings: CheckSettings
     sensitivity: pd.DataFrame = None  # collapse slope under other equilibrium rules
     cells: pd.DataFrame = None  # per cell: best error and dead-channel fractions (descriptive)
+    collapse_train: pd.DataFrame = None  # the collapse on train loss (rules "3")
 
 
 def rules(settings: CheckSettings) -> list[str]:
@@ -75,8 +79,8 @@ def rules(settings: CheckSettings) -> list[str]:
                       "relaxation_steps <= the training budget in steps.",
         "all": "Equilibrium rule (EXPLORATION): every l2 > 0 point is used."}[settings.equilibrium]
     return [
-        f"Rules version {R.RULES_VERSION} (analysis/rules.py), fixed before the data they "
-        "judge.",
+        f"Rules version {settings.rules} (analysis/rules.py), fixed before the data they "
+        "judge.", *version_rules(settings.rules),
         f"Diverged trials are drawn (red x, hatched) at test error {CHANCE_ERROR} (chance) and"
         " count as such for best-over-lr, but are left out of every fit and test: divergence"
         " happens early, before any equilibrium, so the theory says nothing about it. A point"
@@ -128,6 +132,34 @@ def rules(settings: CheckSettings) -> list[str]:
     ]
 
 
+def version_rules(name: str) -> list[str]:
+    """What rules version `name` adds to the rules below, in words (none for "2")."""
+    v = R.version(name)
+    if name == "2":
+        return []
+    guard = R.CHANCE_ERROR - R.CHANCE_MARGIN
+    return [
+        f"Outcome (rules {name}): each trial's test error is the mean over its last "
+        f"{v.outcome_evals} evaluations (epochs) that did not diverge, not the final one alone;"
+        " every check and figure below uses it.",
+        f"Chance guard: a collapse cell whose every non-diverged point has mean test error >= "
+        f"{guard:g} (chance {R.CHANCE_ERROR:g} less {R.CHANCE_MARGIN:g}) is INSUFFICIENT: it "
+        "shows nothing the theory speaks of.",
+        "Train-loss collapse: the same fit, interval, lack of fit and verdict with the mean "
+        f"train loss of the last {v.outcome_evals} epochs as the outcome (diverged trials left"
+        " out as before); for the fully scale-invariant network the theory predicts it exactly.",
+        f"Iso-line test: points whose lr^(1/s)*l2 (s the theory's slope) agree to {R.ISO_RTOL:g}"
+        f" lie on one diagonal; diagonals with >= {R.ISO_MIN_LR} distinct lr count, and the "
+        f"test needs >= {R.ISO_MIN_DIAGONALS}. Against the seed noise (pure error of the point "
+        "means): along = F-test of one common slope in log2(lr) added to one mean per diagonal;"
+        " across = F-test of the diagonal means against one grand mean. FAIL when the along "
+        f"slope is significant (p < {R.ALPHA:g}); PASS when it is not and the across test is; "
+        "INSUFFICIENT otherwise, with one seed per point, or under the chance guard. iso_along"
+        " is |slope| x the mean log2(lr) span of a diagonal, iso_across the range of the "
+        "diagonal means (outcome units).",
+    ]
+
+
 def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
     """One row per (cell, lr, l2): error_mean (diverged seeds at chance, for plots), errors
     and fit_mean (non-diverged seeds only, for fits), divergence, drifts and equilibrium.
@@ -142,6 +174,8 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
     t["balance"] = (t[ratios].astype(float) ** k[:, None]).mean(axis=1)
     for col in ("norm_drift", "angle_drift", *DEAD_COLUMNS):
         t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
+    if "test_fit" not in t:  # the test outcome of non-diverged trials (the chance guard)
+        t["test_fit"] = t["error_plot"].where(~t["diverged_final"])
     grad = [c for c in (f"{layer}_grad_norm_unit" for layer in CONV_LAYERS) if c in t]
     t["grad_norm_conv"] = t[grad].astype(float).mean(axis=1) if grad else np.nan
     g = t.groupby(POINT_KEYS, sort=True)
@@ -150,7 +184,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
                    relax_steps=("relax_steps", "median"), eff_lr_proxy=("eff_lr_proxy", "first"),
                    grad_norm_conv=("grad_norm_conv", "median"),
                    norm_drift=("norm_drift", "median"), angle_drift=("angle_drift", "median"),
-                   balance=("balance", "mean"),
+                   balance=("balance", "mean"), test_mean=("test_fit", "mean"),
                    **{c: (c, "mean") for c in ratios + DEAD_COLUMNS}).reset_index()
     ok = t[~t["diverged_final"]].groupby(POINT_KEYS, sort=True)["error_plot"].agg(list)
     points["errors"] = [np.asarray(ok.get(k, []), float)
@@ -216,6 +250,13 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
         "n_partly_diverged": int((used["n_diverged"] > 0).sum()),
         "excluded": [[float(a), float(b)] for a, b in zip(excluded["lr"], excluded["l2"], strict=True)],
         "diverged": [[float(a), float(b)] for a, b in zip(diverged["lr"], diverged["l2"], strict=True)]}
+    version = R.version(settings.rules)
+    if version.chance_guard and at_chance(p):
+        reason = (f"every point at chance: mean test error >= {R.CHANCE_ERROR - R.CHANCE_MARGIN:g}"
+                  f" at all {int(p['test_mean'].notna().sum())} non-diverged points")
+        iso = {"iso_verdict": "INSUFFICIENT", "iso_reason": reason} if version.iso_test else {}
+        return row | iso | {"verdict": "INSUFFICIENT", "reason": reason}
+    row |= iso_line_test(used, s_theory) if version.iso_test else {}
     if len(used) < R.MIN_POINTS or row["n_lr"] < R.MIN_DISTINCT or row["n_l2"] < R.MIN_DISTINCT:
         return row | {"verdict": "INSUFFICIENT", "reason": (
             f"{len(used)} equilibrated, non-diverged points over {row['n_lr']} lr x "
@@ -228,6 +269,12 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
         fitted = smooth(np.log(lr) + fit.s * np.log(l2), means, fit.dof)[0]
         lof = lack_of_fit(errors, fitted, fit.dof + 1)
     return row | collapse_stats(fit, len(used), row["n_lr"], row["n_l2"], s_theory, lof)
+
+
+def at_chance(points: pd.DataFrame) -> bool:
+    """Every non-diverged point's mean test error within CHANCE_MARGIN of chance (rules "3")."""
+    means = points["test_mean"].dropna()
+    return bool(len(means)) and bool((means >= R.CHANCE_ERROR - R.CHANCE_MARGIN).all())
 
 
 def collapse_stats(fit: SlopeFit, n: int, n_lr: int, n_l2: int, s_theory: float,
@@ -406,12 +453,21 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
                sensitivity: bool = True) -> Checks:
     """All checks on the results' trials (and the slope's sensitivity to the equilibrium
     rule, unless `sensitivity` is False)."""
+    version = R.version(settings.rules)
     trials = results.trials.drop(columns=["norm_drift", "angle_drift"], errors="ignore")
     trials = trials.merge(last_epoch_drifts(results.history), on="trial_id", how="left")
+    if version.outcome_evals > 1:
+        trials = with_outcome(trials, results.history, version.outcome_evals)
     points = point_table(trials, settings.equilibrium)
     by_cell = dict(tuple(points.groupby("cell", sort=True)))
-    collapse = [collapse_row(p, settings) for p in by_cell.values()
-                if p.iloc[0]["update"] == "l2" and (p["l2"] > 0).any()]
+    collapse = collapse_rows(by_cell, settings)
+    collapse_train = None
+    if version.train_loss:
+        train = trials.assign(error_plot=np.where(trials["diverged_final"], np.log(10),
+                                                  trials["train_outcome"]))
+        collapse_train = pd.DataFrame(collapse_rows(
+            dict(tuple(point_table(train, settings.equilibrium).groupby("cell", sort=True))),
+            settings))
     projection = []
     for p in by_cell.values():
         if p.iloc[0]["update"] == "projection":
@@ -422,7 +478,26 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
     eq_points, eq_cells = equilibrium_tables(points)
     sens = sensitivity_table(points, settings) if sensitivity else pd.DataFrame()
     return Checks(points, pd.DataFrame(collapse), pd.DataFrame(projection), eq_points,
-                  eq_cells, settings, sens, cell_table(points))
+                  eq_cells, settings, sens, cell_table(points), collapse_train)
+
+
+def collapse_rows(by_cell: dict[str, pd.DataFrame], settings: CheckSettings) -> list[dict]:
+    """collapse_row of every update=l2 cell with some l2 > 0."""
+    return [collapse_row(p, settings) for p in by_cell.values()
+            if p.iloc[0]["update"] == "l2" and (p["l2"] > 0).any()]
+
+
+def with_outcome(trials: pd.DataFrame, history: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Trials judged on the mean of their last k evaluations (outcome.last_evals): error_plot
+    and test_fit from the test error, train_outcome from the train loss; a trial without
+    usable history keeps its final row's values."""
+    t = trials.drop(columns=["test_outcome", "train_outcome", "n_evals"], errors="ignore")
+    t = t.merge(last_evals(history, k), on="trial_id", how="left")
+    test = t["test_outcome"].fillna(t["test_error"].astype(float))
+    t["train_outcome"] = t["train_outcome"].fillna(t["train_loss"].astype(float))
+    t["error_plot"] = np.where(t["diverged_final"], CHANCE_ERROR, test)
+    t["test_fit"] = test.where(~t["diverged_final"])
+    return t
 
 
 def verdict_table(checks: Checks) -> pd.DataFrame:
@@ -436,6 +511,22 @@ def verdict_table(checks: Checks) -> pd.DataFrame:
                         f"{r['r2adj_1d']:.3f}, lr-only {r['r2adj_lr']:.3f}, l2-only "
                         f"{r['r2adj_l2']:.3f}")
         rows.append(("collapse", r, summary))
+    for r in (checks.collapse_train.to_dict("records")
+              if checks.collapse_train is not None else []):
+        summary = f"{r['n_points']} pts" + ("" if not np.isfinite(r.get("s", np.nan)) else (
+            f"; s={r['s']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs theory "
+            f"{r['s_theory']:g}; lack-of-fit p {r['lof_p']:.3g}; adj R^2 1-D {r['r2adj_1d']:.3f}"))
+        rows.append(("collapse_train", r, summary))
+    for r in checks.collapse.to_dict("records"):
+        if "iso_verdict" not in r:
+            continue
+        summary = f"{r['n_diagonals']} diagonals, {r['n_iso_points']} pts"
+        if np.isfinite(r.get("iso_along_p", np.nan)):
+            summary += (f"; along slope {r['iso_slope']:+.4f} +- {r['iso_slope_se']:.4f}/doubling"
+                        f" (p {r['iso_along_p']:.3g}), across p {r['iso_across_p']:.3g}; along "
+                        f"{r['iso_along']:.4f} vs across {r['iso_across']:.4f}")
+        rows.append(("iso_lines", r | {"verdict": r["iso_verdict"], "reason": r["iso_reason"]},
+                     summary))
     for r in checks.projection.to_dict("records"):
         summary = f"{r['n_points']} pts"
         if np.isfinite(r.get("l2_p", np.nan)):

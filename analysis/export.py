@@ -35,8 +35,9 @@ def to_json(checks: Checks, results: Results) -> str:
     payload = {
         "settings": asdict(checks.settings) | {"s_grid": [float(S_GRID[0]), float(S_GRID[-1]),
                                                           round(float(S_GRID[1] - S_GRID[0]), 10)]},
-        "rules_version": R.RULES_VERSION,
-        "thresholds": R.thresholds() | {"ci_level": CI_LEVEL, "chance_error": CHANCE_ERROR},
+        "rules_version": checks.settings.rules,
+        "thresholds": R.thresholds(checks.settings.rules)
+        | {"ci_level": CI_LEVEL, "chance_error": CHANCE_ERROR},
         "inputs": {"n_found": results.n_found, "n_used": len(results.trials),
                    "n_skipped": len(results.skipped),
                    "skipped": [[t, kind] for t, kind, _ in results.skipped]},
@@ -48,6 +49,8 @@ def to_json(checks: Checks, results: Results) -> str:
         "sensitivity": _records(checks.sensitivity) if checks.sensitivity is not None else [],
         "cells": _records(checks.cells) if checks.cells is not None else [],
     }
+    if checks.collapse_train is not None:  # rules "3" on
+        payload["collapse_train"] = _records(checks.collapse_train)
     return json.dumps(_clean_tree(payload), indent=1, sort_keys=True, allow_nan=False)
 
 
@@ -61,7 +64,9 @@ def _clean_tree(value):
 
 def to_csv_frame(checks: Checks) -> pd.DataFrame:
     """collapse.csv: one row per statistic-bearing row of every check, columns united."""
-    parts = [checks.collapse.assign(check="collapse"), checks.projection.assign(check="projection"),
+    train = checks.collapse_train if checks.collapse_train is not None else pd.DataFrame()
+    parts = [checks.collapse.assign(check="collapse"), train.assign(check="collapse_train"),
+             checks.projection.assign(check="projection"),
              checks.equilibrium_cells.assign(check="equilibrium"),
              checks.equilibrium.assign(check="equilibrium_point")]
     frame = pd.concat([p for p in parts if len(p)], ignore_index=True)
@@ -69,7 +74,7 @@ def to_csv_frame(checks: Checks) -> pd.DataFrame:
         if col in frame:
             frame[col] = [" ".join(f"{a:g}/{b:g}" for a, b in e) if isinstance(e, list) else ""
                           for e in frame[col]]
-    for col in ("lof_df", "l2_df"):
+    for col in ("lof_df", "l2_df", "iso_products"):
         if col in frame:
             frame[col] = [" ".join(str(v) for v in e) if isinstance(e, list) else ""
                           for e in frame[col]]

@@ -23,7 +23,8 @@ from l2bn import theory
 from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS
 
-CHANCE_ERROR = 0.9  # test error of a 10-class guess: what a diverged trial shows as in plots
+from .rules import CHANCE_ERROR
+
 DEFAULT_N_TRAIN = 50_000
 # Config fields besides (optimizer, norm, update, lr, l2, seed) that define a separate setting
 # when a sweep varies them; data_dir and device say where a trial ran, not what it computed.

@@ -54,6 +54,9 @@ FIGURE_NUMBERS = {name: int(name.split("_")[0].removeprefix("fig")) for name in 
 COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_excluded", "n_lr", "n_l2", "bootstrap", "s",
                     "ci_low", "ci_high", "s_theory", "lof_p", "r2_1d", "r2_lr", "r2_l2",
                     "r2adj_1d", "r2adj_lr", "r2adj_l2", "gain", "descriptive", "verdict"]
+ISO_COLUMNS = ["cell", "n_diagonals", "n_iso_points", "iso_products", "iso_slope", "iso_slope_se",
+               "iso_along_p", "iso_across_p", "iso_along", "iso_across", "iso_verdict", "s",
+               "ci_low", "ci_high", "verdict"]
 PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "test", "l2_effect", "l2_p",
                       "lr_p", "noise_sd", "ratio", "ratio_update_l2", "verdict"]
 EQUILIBRIUM_COLUMNS = ["cell", "n_points", "balance_exponent", "balance_median", "balance_q25",
@@ -151,13 +154,14 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
     blocks: list[Block] = [
         Text(f"Results: {results.uri}. Used {len(results.trials)} of {results.n_found} trials "
              f"found; skipped {len(results.skipped)}."),
-        Text(f"Verdicts under rules version {R.RULES_VERSION} (analysis/rules.py)."),
+        Text(f"Verdicts under rules version {checks.settings.rules} (analysis/rules.py)."),
         Heading("Verdicts"), Table(verdicts, "verdicts"),
         Heading("Rules and thresholds"), Bullets(tuple(rules(checks.settings))),
         Heading("Figures")]
     blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}") for n in figure_names]
     blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),
                Table(_cols(checks.collapse, COLLAPSE_COLUMNS), "collapse"),
+               *version_blocks(checks),
                Heading("Per cell: best test error and dead channels (descriptive, no verdict)"),
                Text("best_error: the lowest mean test error over the cell's points (at best_lr,"
                     " best_l2). convN_dead_median: median over the cell's non-diverged points "
@@ -179,6 +183,22 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
                Table(pd.DataFrame(results.skipped, columns=["trial_id", "kind", "reason"]),
                      "skipped"),
                Heading("Warnings"), Bullets(tuple(warnings) or ("none",))]
+    return blocks
+
+
+def version_blocks(checks: Checks) -> list[Block]:
+    """The iso-line test and the train-loss collapse (rules "3"), when the rules have them."""
+    blocks: list[Block] = []
+    if "iso_verdict" in checks.collapse:
+        blocks += [Heading("Iso-line test: along and across the theory's diagonals"),
+                   Text("Beside the fitted s (same cells): iso_slope is the outcome's change per"
+                        " doubling of lr along a diagonal (+- its standard error), iso_along_p "
+                        "and iso_across_p the F-tests against seed noise, iso_along/iso_across "
+                        "their sizes in outcome units."),
+                   Table(_cols(checks.collapse, ISO_COLUMNS), "iso_lines")]
+    if checks.collapse_train is not None:
+        blocks += [Heading("Collapse of the train loss (mean of the last evaluations)"),
+                   Table(_cols(checks.collapse_train, COLLAPSE_COLUMNS), "collapse_train")]
     return blocks
 
 
@@ -238,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-l2", type=float, default=None,
                         help="exploration: l2 above this is the projection check's large-l2 "
                              "regime (default: from the measured gradient norm, see the rules)")
+    parser.add_argument("--rules", choices=sorted(R.VERSIONS), default=d.rules,
+                        help="the verdict rules' version (analysis/rules.py); earlier versions "
+                             f"reproduce earlier reports (default {d.rules})")
     parser.add_argument("--dynamics", action="append", type=parse_cell, default=[],
                         metavar="CELL", help="a point for figure 4, e.g. "
                         "'optimizer=sgd,norm=batch,update=l2,lr=0.1,l2=5e-4' (repeatable; "
@@ -265,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     settings = CheckSettings(n_boot=args.bootstrap, seed=args.seed, large_l2=args.large_l2,
-                             equilibrium=args.equilibrium)
+                             equilibrium=args.equilibrium, rules=args.rules)
     out = Path(args.out) if args.out else default_out(args.results)
     _, verdicts, warnings = write_report(results, out, settings, args.dynamics,
                                          args.max_dynamics, args.dpi, not args.no_figures)

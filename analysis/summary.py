@@ -15,6 +15,8 @@ from pathlib import Path
 
 COLUMNS = ["cell", "collapse", "s [95% CI] (theory)", "lack-of-fit p", "projection",
            "l2 effect (p)", "equilibrium", "balance", "conv3 dead", "best error"]
+# rules "3": the iso-line test and the train-loss collapse, beside the fitted s
+V3_COLUMNS = ["iso-lines", "along slope (p)", "train-loss collapse", "train-loss s [95% CI]"]
 
 
 def _num(value, fmt: str = ".3f") -> str:
@@ -33,13 +35,11 @@ def _short(cell: str) -> str:
 def rows(payload: dict) -> list[dict]:
     """One dict per cell (every cell any check or the cells table names), in cell order."""
     by = {name: {r["cell"]: r for r in payload.get(name, [])}
-          for name in ("collapse", "projection", "equilibrium", "cells")}
+          for name in ("collapse", "projection", "equilibrium", "cells", "collapse_train")}
     out = []
     for cell in sorted(set().union(*by.values())):
-        c, p, e, k = (by[name].get(cell, {}) for name in by)
-        s = "" if c.get("s") is None else (
-            f"{c['s']:.2f} [{_num(c.get('ci_low'), '.2f')}, {_num(c.get('ci_high'), '.2f')}]"
-            f" ({c['s_theory']:g})")
+        c, p, e, k, t = (by[name].get(cell, {}) for name in by)
+        s = _slope(c)
         effect = "" if p.get("l2_effect") is None else \
             f"{p['l2_effect']:.4f} ({_num(p.get('l2_p'), '.2g')})"
         verdict = c.get("verdict", "")
@@ -52,14 +52,33 @@ def rows(payload: dict) -> list[dict]:
                     "balance": _num(e.get("balance_median")),
                     "conv3 dead": _num(k.get("conv3_dead_median"), ".2f"),
                     "best error": _num(k.get("best_error"))})
+        if "collapse_train" in payload:
+            along = "" if c.get("iso_slope") is None else (
+                f"{c['iso_slope']:+.4f} ({_num(c.get('iso_along_p'), '.2g')})")
+            out[-1] |= {"iso-lines": c.get("iso_verdict", ""), "along slope (p)": along,
+                        "train-loss collapse": t.get("verdict", ""),
+                        "train-loss s [95% CI]": _slope(t)}
     return out
+
+
+def _slope(c: dict) -> str:
+    """'0.95 [0.81, 1.10] (1)': a collapse row's s, interval and the theory's s."""
+    return "" if c.get("s") is None else (
+        f"{c['s']:.2f} [{_num(c.get('ci_low'), '.2f')}, {_num(c.get('ci_high'), '.2f')}]"
+        f" ({c['s_theory']:g})")
+
+
+def columns(payload: dict) -> list[str]:
+    """The table's columns: the rules-"3" ones after the collapse's when the payload has them."""
+    return COLUMNS[:4] + V3_COLUMNS + COLUMNS[4:] if "collapse_train" in payload else COLUMNS
 
 
 def markdown(payload: dict) -> str:
     """The table as Markdown, headed by the rules version it was judged under."""
+    cols = columns(payload)
     lines = [f"Rules version {payload.get('rules_version', '?')}.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r[col] for col in COLUMNS) + " |" for r in rows(payload)]
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r[col] for col in cols) + " |" for r in rows(payload)]
     return "\n".join(lines)
 
 

@@ -44,13 +44,15 @@ class SyntheticSweep:
     noise: float = 0.005
     diverge_lr: float = math.inf  # trials with lr >= this diverge in their last epoch
     extra: dict = field(default_factory=dict)  # other TrialConfig fields, e.g. width
+    points: tuple[tuple[float, float], ...] | None = None  # (lr, l2) pairs instead of lrs x l2s
 
     def configs(self) -> list[TrialConfig]:
         """Every valid grid point x seed (projection needs a normalization)."""
-        grid = product(self.optimizers, self.norms, self.updates, self.lrs, self.l2s, self.seeds)
+        pairs = self.points if self.points is not None else tuple(product(self.lrs, self.l2s))
+        grid = product(self.optimizers, self.norms, self.updates, pairs, self.seeds)
         return [TrialConfig(optimizer=o, norm=n, update=u, lr=float(lr), l2=float(l2), seed=s,
                             epochs=self.epochs, data="synthetic", **self.extra)
-                for o, n, u, lr, l2, s in grid if not (n == "none" and u == "projection")]
+                for o, n, u, (lr, l2), s in grid if not (n == "none" and u == "projection")]
 
 
 def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:

@@ -130,7 +130,8 @@ def test_verdicts_of_the_synthetic_sweep(full_report):
 
 def test_csv_holds_every_check(full_report):
     frame = pd.read_csv(full_report / "collapse.csv")
-    assert set(frame["check"]) == {"collapse", "projection", "equilibrium", "equilibrium_point"}
+    assert set(frame["check"]) == {"collapse", "collapse_train", "projection", "equilibrium",
+                                   "equilibrium_point"}
     sgd = frame[(frame["check"] == "collapse") & (frame["cell"] == "sgd/batch/l2")].iloc[0]
     assert abs(sgd["s"] - 1) < 0.1 and sgd["n_diverged_points"] == 4
     assert "3/0.0001" in sgd["diverged"]
