@@ -1,5 +1,5 @@
 """Iso-line l2 axes (`l2: {iso: lr, ...}`): hand-computed l2 values on the theory's diagonals
-lr^(1/s) * l2 = product, their invariants, one-line errors, exclude and --set."""
+lr^(1/s) * l2 = product, their invariants, one-line errors, exclude and --set, the dry run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.grid import GridError, load_grid
+from sweeps.run_grid import main
 
 GRID = """
 axes:
@@ -131,3 +132,14 @@ def test_bad_iso_axis_fails_in_one_line_naming_file_axis_value(tmp_path, case):
     for needle in ["axis 'lr'" if case == "iso on lr" else "axis 'l2'", *needles]:
         assert needle in message, (case, message)
 
+
+def test_dry_run_prints_one_line_per_diagonal(tmp_path, capsys):
+    assert main(["--grid", write(tmp_path, GRID), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "  sgd       lr*l2=0.001: (0.025, 0.04) (0.05, 0.02) (0.1, 0.01)\n" in out
+    assert "  sgd       lr*l2=0.002: (0.025, 0.08) (0.05, 0.04) (0.1, 0.02)\n" in out
+    assert "  adam      lr^2*l2=2e-05: (0.01, 0.2) (0.02, 0.05) (0.04, 0.0125)\n" in out
+    assert "  adam      lr^2*l2=4e-05: (0.01, 0.4) (0.02, 0.1) (0.04, 0.025)\n" in out
+    assert out.startswith("24 trials") and out.count("l2=") == 4
+    assert main(["--grid", write(tmp_path, GRID), "--dry-run", "--set", "l2=0.01"]) == 0
+    assert "iso-lines" not in capsys.readouterr().out
