@@ -16,6 +16,14 @@ Format (also documented at the top of every file in sweeps/grids/):
       - {norm: none, update: projection}
       - {norm: none, l2_scope: [normalized]}            # a key may list several values
 
+Or l2 on the theory's iso-lines lr^(1/s) * l2 = product (s: l2bn.theory.iso_slope), so the
+points lie on the paper's diagonals; optimizer and lr must be axes listed before l2, or fixed:
+
+      l2:
+        iso: lr                 # the only allowed value
+        sgd: [1e-3, 2e-3]       # products lr*l2 (also momentum, adamw): l2 = product / lr
+        adam: [2e-5, {start: 1e-5, stop: 1e-4, per_decade: 2}]  # lr^2*l2: l2 = product / lr^2
+
 Every value is validated by TrialConfig; errors name the file, the axis and the value.
 """
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 import yaml
 
 from l2bn.config import ConfigError, TrialConfig, check_field, group_key
+from l2bn.theory import iso_slope
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 FIELDS = tuple(f.name for f in fields(TrialConfig))
@@ -70,6 +79,7 @@ class Grid:
     fixed: dict[str, Any]
     axes: dict[str, list[Any]]                       # independent axes, in file order
     by_axes: dict[str, tuple[str, dict[Any, list[Any]]]] = field(default_factory=dict)
+    iso_axes: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # {optimizer: products}
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     description: str = ""
     axis_order: list[str] = field(default_factory=list)
@@ -106,6 +116,8 @@ class Grid:
     def _values(self, name: str, point: dict[str, Any]) -> list[Any]:
         if name in self.axes:
             return self.axes[name]
+        if name in self.iso_axes:
+            return self._iso_values(name, point)
         by, table = self.by_axes[name]
         key = point.get(by, _default(by))
         if key not in table:
@@ -113,10 +125,39 @@ class Grid:
                              f"it lists {sorted(map(str, table))}")
         return table[key]
 
+    def _iso_values(self, name: str, point: dict[str, Any]) -> list[float]:
+        """l2 = product / lr^(1/s) for each product listed for the point's optimizer."""
+        opt, lr = point["optimizer"], point["lr"]
+        table = self.iso_axes[name]
+        if opt not in table:
+            raise self.error(f"axis '{name}' (iso: lr) has no products for optimizer={opt!r}; "
+                             f"it lists {sorted(table)}")
+        values = []
+        for product in table[opt]:
+            value = iso_l2(product, lr, opt)
+            at = f"axis '{name}', {opt} product {product!r} at lr={lr!r}"
+            if not (math.isfinite(value) and value > 0):
+                raise self.error(f"{at}: gives l2={value!r}, not a finite number > 0")
+            _check_value(f"grid file {self.path}, {at}", name, value)
+            values.append(value)
+        return values
+
+    def diagonals(self, configs: list[TrialConfig]) -> dict[str, dict[float, list[tuple]]]:
+        """The iso-lines the configs lie on: {optimizer: {product: [(lr, l2), ...]}}, lr ascending."""
+        points = {(c.optimizer, c.lr, c.l2) for c in configs}
+        out = {}
+        for opt, products in self.iso_axes.get("l2", {}).items():
+            lines = {p: sorted((lr, l2) for o, lr, l2 in points
+                               if o == opt and iso_l2(p, lr, o) == l2) for p in products}
+            if any(lines.values()):
+                out[opt] = {p: pts for p, pts in lines.items() if pts}
+        return out
+
     @property
     def order(self) -> list[str]:
         """Axis names in file order."""
-        return [n for n in self.axis_order if n in self.axes or n in self.by_axes]
+        return [n for n in self.axis_order
+                if n in self.axes or n in self.by_axes or n in self.iso_axes]
 
     def _excluded(self, point: dict[str, Any]) -> bool:
         return any(all(point.get(k, _default(k)) in vals for k, vals in rule.items())
@@ -138,6 +179,7 @@ class Grid:
         _check_value(f"--set {key}={value!r}", key, value)
         self.axes.pop(key, None)
         self.by_axes.pop(key, None)
+        self.iso_axes.pop(key, None)
         self.fixed[key] = value
 
 
@@ -173,8 +215,19 @@ def log_range(start: Any, stop: Any, per_decade: Any, where: str) -> list[float]
     return [float(f"{10 ** (lo + i / per_decade):.12g}") for i in range(n + 1)]
 
 
-def _expand(where: str, name: str, spec: Any) -> list[Any]:
-    """An axis' value list: a scalar, a range mapping, or a list mixing both."""
+def iso_l2(product: float, lr: float, optimizer: str) -> float:
+    """l2 on the iso-line lr^(1/s) * l2 = product (s: theory.iso_slope), to 12 digits like log_range."""
+    try:  # lr^(1/s) may underflow to 0 or overflow: l2 inf or 0, rejected by the caller
+        value = product / lr ** (1 / iso_slope(optimizer))
+    except ZeroDivisionError:
+        return math.inf
+    except OverflowError:
+        return 0.0
+    return float(f"{value:.12g}")
+
+
+def _items(where: str, spec: Any) -> list[Any]:
+    """A value list as written: a scalar, a range mapping, or a list mixing both; not empty."""
     items = spec if isinstance(spec, list) else [spec]
     values: list[Any] = []
     for item in items:
@@ -187,12 +240,32 @@ def _expand(where: str, name: str, spec: Any) -> list[Any]:
             values.append(item)
     if not values:
         raise GridError(f"{where}: the axis is empty; give at least one value")
-    for v in values:
-        _check_value(where, name, v)
+    return values
+
+
+def _no_repeats(where: str, values: list[Any]) -> None:
     dupes = [v for v, c in Counter(map(repr, values)).items() if c > 1]
     if dupes:
         raise GridError(f"{where}: repeated value(s) {dupes}")
+
+
+def _expand(where: str, name: str, spec: Any) -> list[Any]:
+    """An axis' value list, each value validated by TrialConfig, none repeated."""
+    values = _items(where, spec)
+    for v in values:
+        _check_value(where, name, v)
+    _no_repeats(where, values)
     return values
+
+
+def _products(where: str, spec: Any) -> list[float]:
+    """An iso axis' products lr^(1/s) * l2: values and ranges as elsewhere, each finite > 0."""
+    values = _items(where, spec)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+            raise GridError(f"{where}: invalid product {v!r}; a product must be a finite number > 0")
+    _no_repeats(where, values)
+    return [float(v) for v in values]
 
 
 def parse_grid(data: Any, path: str) -> Grid:
@@ -221,7 +294,9 @@ def parse_grid(data: Any, path: str) -> Grid:
                             f"{list(FIELDS)}")
         if name in fixed:
             raise GridError(f"{at}: the field is both fixed and an axis")
-        if isinstance(spec, dict) and "by" in spec:
+        if isinstance(spec, dict) and "iso" in spec:
+            grid.iso_axes[name] = _parse_iso(at, name, spec, {*grid.axis_order, *fixed})
+        elif isinstance(spec, dict) and "by" in spec:
             later = [n for n in axes_spec if n not in grid.axis_order]
             grid.by_axes[name] = _parse_by(at, name, spec, later)
         else:
@@ -249,6 +324,25 @@ def _parse_by(at: str, name: str, spec: dict, later: list[str]) -> tuple[str, di
     if not table:
         raise GridError(f"{at}: the axis is empty; give values for some {by}")
     return by, table
+
+
+def _parse_iso(at: str, name: str, spec: dict, earlier: set[str]) -> dict[str, list[float]]:
+    """`{iso: lr, sgd: <products>, adam: <products>}` -> {optimizer: products}."""
+    if spec["iso"] != "lr" or name != "l2":
+        raise GridError(f"{at}: 'iso: {spec['iso']}' is not allowed; the only iso-line axis is "
+                        "l2 with 'iso: lr'")
+    for needed in ("optimizer", "lr"):
+        if needed not in earlier:
+            raise GridError(f"{at}: 'iso: lr' needs '{needed}' as an axis listed before "
+                            f"'{name}' (or a fixed field)")
+    table = {}
+    for key, values in spec.items():
+        if key != "iso":
+            _check_value(f"{at}, key {key!r}", "optimizer", key)
+            table[key] = _products(f"{at}, optimizer={key}", values)
+    if not table:
+        raise GridError(f"{at}: the axis is empty; give products for some optimizer")
+    return table
 
 
 def _parse_rule(at: str, rule: Any) -> dict[str, list[Any]]:
@@ -329,6 +423,18 @@ def summary(configs: list[TrialConfig], grid: Grid | None = None) -> str:
         for (norm, update, scope), n in sorted(combos.items()):
             lines.append(f"  {norm:<9} {update:<11} {scope:<11} {n}")
     return "\n".join(lines)
+
+
+def describe_diagonals(diagonals: dict[str, dict[float, list[tuple]]]) -> str:
+    """One line per optimizer and iso-line product with its (lr, l2) points; '' if none."""
+    lines = []
+    for opt, by_product in diagonals.items():
+        power = 1 / iso_slope(opt)
+        invariant = "lr*l2" if power == 1 else f"lr^{power:g}*l2"
+        for product, points in by_product.items():
+            cells = " ".join(f"({_fmt(lr)}, {_fmt(l2)})" for lr, l2 in points)
+            lines.append(f"  {opt:<9} {invariant}={_fmt(product)}: {cells}")
+    return "\n".join(["iso-lines (lr, l2):", *lines]) if lines else ""
 
 
 def _fmt(v: Any) -> str:

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
-from sweeps.grid import GridError, groups, load_grid, parse_value, summary  # noqa: E402
+from sweeps.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.plan import describe  # the collapse check's forecast for this grid
 
         print(summary(configs, grid))
+        iso = describe_diagonals(grid.diagonals(configs))
+        if iso:
+            print(iso)
         print(describe(configs))
         print(fused)
         return 0
