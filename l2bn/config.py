@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 EXECUTION_FIELDS = ("device", "data_dir")
 # Fields added after the first results were written enter the trial id only when they differ
 # from these defaults, so every earlier grid point keeps its id (resumes, file names).
-ADDED_FIELDS = {"scale_invariant": False, "precision": "fp32"}
+ADDED_FIELDS = {"scale_invariant": False, "precision": "fp32", "eval_last": None}
 # The fields in which the members of a fused group (one stack of models, l2bn/stack.py) may
 # differ: they only set each model's optimizer hyper-parameters, never a tensor's shape.
 FUSED_FIELDS = ("lr", "l2")
@@ -63,6 +63,7 @@ class TrialConfig:
     augment: bool = True
     scale_invariant: bool = False  # classifier frozen at init, norms without affine parameters
     precision: str = "fp32"  # bf16: autocast convs and matmuls, normalization in fp32
+    eval_last: int | None = None  # test set evaluated in the last this-many epochs only (None: all)
     data: str = "cifar10"
     data_dir: str | None = None
     device: str = "auto"
@@ -167,7 +168,7 @@ def _validate(cfg: TrialConfig) -> None:
     for name in ("epochs", "batch_size", "width"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"config field '{name}' must be an integer >= 1, got {getattr(cfg, name)!r}")
-    for name in ("n_train", "n_test"):
+    for name in ("n_train", "n_test", "eval_last"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise ConfigError(f"config field '{name}' must be None (all) or an integer >= 1, got {value!r}")

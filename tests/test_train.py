@@ -132,3 +132,16 @@ def test_one_epoch_on_real_cifar_learns(cifar_dir):
     final = train(cfg)
     assert final["train_images"] == 2048 and final["diverged"] is False
     assert final["test_error"] < 0.85, final["test_error"]
+
+
+def test_eval_last_evaluates_only_the_final_epochs():
+    cfg = TrialConfig(**SMALL | {"epochs": 3}, eval_last=2)
+    rows, final = _run(cfg)
+    assert [math.isnan(r["test_error"]) for r in rows] == [True, False, False]
+    every = _run(cfg.replace(eval_last=None))[0]
+    # the skipped evaluation changes nothing else: same training, same final test error
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in every]
+    assert final["test_error"] == every[-1]["test_error"]
+    assert cfg.replace(eval_last=None).trial_id == TrialConfig(**SMALL | {"epochs": 3}).trial_id
+    with pytest.raises(ValueError, match="'eval_last' must be None"):
+        cfg.replace(eval_last=0)
