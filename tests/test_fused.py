@@ -26,7 +26,12 @@ L2S = (0.0, 1e-3, 5e-2)
 # gradient coordinate within rounding of 0 flips and the net amplifies it. The one-by-one run
 # itself moves as far when its initial weights get 1e-7 noise (float32 rounding), so this is
 # not fusion's doing. Hence: most models within PARAM_TOL, every model within OUTLIER_TOL; the
-# float64 test below is the sharp one (no flips there).
+# float64 test below is the sharp one (no flips there). These tolerances were measured with
+# NCHW on both paths, so this test runs Trial in NCHW: channels_last (Trial's default) rounds
+# differently (its CPU float32 batch norm: 3e-6 off float64 per call against NCHW's 3e-7),
+# and 20 steps amplify that as they amplify init noise, for the one-by-one run alone too
+# (1e-3 apart after 20 steps, NCHW vs channels_last). The float64 tests run Trial in
+# channels_last against the NCHW reference: the layout changes no mathematics.
 PARAM_TOL, OUTLIER_TOL = 1e-5, 2e-3
 # Metric columns: 1e-5 relative (measured <= 5e-7), but the per-step update statistics are
 # differences of nearly equal float32 weights (rel_update, grad_norm_unit, the angles:
@@ -52,7 +57,8 @@ def one_thread():
 
 
 def reference_epoch(cfg: TrialConfig, to_double: bool = False):
-    """One epoch the unfused way; returns the model's state_dict and its metric columns."""
+    """One epoch the unfused way (NCHW images); returns the model's state_dict and its metric
+    columns."""
     prep = (lambda x: normalize(x).double()) if to_double else normalize
     torch.manual_seed(cfg.seed)
     train_set, test_set = load_cifar10(cfg.data, None, torch.device("cpu"), cfg.n_train, cfg.n_test)
@@ -116,7 +122,8 @@ CASES = ([(o, n, u, "all") for o in LRS for n in ("batch", "weight", "layer")
 
 
 @pytest.mark.parametrize("optimizer, norm, update, scope", CASES)
-def test_fused_group_equals_models_one_by_one(optimizer, norm, update, scope):
+def test_fused_group_equals_models_one_by_one(optimizer, norm, update, scope, monkeypatch):
+    monkeypatch.setenv("L2BN_LAYOUT", "nchw")  # the tolerances' layout (see PARAM_TOL)
     cfgs = _group(optimizer, norm, update, scope)
     trial = Trial(cfgs)
     rows = trial.run_epoch()
@@ -142,6 +149,7 @@ def test_fused_group_equals_models_one_by_one_in_float64(optimizer, norm, update
     try:
         cfgs = _group(optimizer, norm, update, scope)
         trial = Trial(cfgs)
+        assert trial.layout == "channels_last"  # against the NCHW reference
         trial.run_epoch()
         assert trial.stack.params["fc.weight"].dtype == torch.float64
         for k, cfg in enumerate(cfgs):
@@ -261,3 +269,33 @@ def test_bf16_autocast_trains_with_normalization_and_parameters_in_fp32():
         assert a["train_loss"] != b["train_loss"]  # autocast really ran in bf16
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
     assert cfgs[0].trial_id != cfgs[0].replace(precision="fp32").trial_id
+
+
+
+def test_the_cpu_path_feeds_the_convolutions_in_the_chosen_layout(monkeypatch):
+    """channels_last by default on the CPU too (for K = 1 and groups); $L2BN_LAYOUT=nchw for a
+    baseline. Every conv's input is in that layout, and the logits agree either way."""
+    import l2bn.stack
+    conv2d, seen = F.conv2d, []
+
+    def recording(x, *args, **kw):
+        seen.append("channels_last" if not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last) else "nchw" if x.is_contiguous() else "other")
+        return conv2d(x, *args, **kw)
+
+    monkeypatch.setattr(l2bn.stack.F, "conv2d", recording)
+    for cfgs in (_group("sgd", "batch", "l2")[:1], _group("sgd", "batch", "l2")):
+        logits = {}
+        for env, want in ((None, "channels_last"), ("nchw", "nchw")):
+            if env is None:
+                monkeypatch.delenv("L2BN_LAYOUT", raising=False)
+            else:
+                monkeypatch.setenv("L2BN_LAYOUT", env)
+            trial = Trial(cfgs)
+            seen.clear()
+            logits[want] = trial._forward(trial.train_set.images[:8], training=False)
+            assert seen == [want] * 3, (len(cfgs), seen)
+        torch.testing.assert_close(logits["channels_last"], logits["nchw"], rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("L2BN_LAYOUT", "nhwc")
+    with pytest.raises(ValueError, match="L2BN_LAYOUT"):
+        Trial(cfgs)
