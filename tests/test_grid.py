@@ -280,3 +280,27 @@ def test_v2_grid_has_every_arm_two_seeds_and_decidable_cells():
         assert len({t.l2 for t in control}) >= 4 and len(control) == 3 * 4 * 2
     assert {t.seed for t in trials} == {0, 1} and len(trials) == 336
     assert plan_cells(trials)["decidable"].all()
+
+
+def test_v3_grid_is_on_iso_lines_decidable_and_out_of_the_dying_zone():
+    """Issue 17's design: sgd, momentum, adam x batch/weight x three arms, 3 seeds, 9 points on
+    3 diagonals of 3 lr each; every cell decidable by analysis.plan; weight norm's l2 < 0.3 and
+    sgd-like lr/(1-mu)*l2 < 5e-3 (v2's dying zone); adam's projection has >= 2 lr and 2 l2
+    below v2's large-l2 threshold (~0.19)."""
+    from analysis.plan import plan_cells
+    from l2bn.theory import iso_slope
+
+    trials = configs("v3")
+    arms = Counter((t.optimizer, t.norm, t.update, t.scale_invariant) for t in trials)
+    assert set(arms.values()) == {9 * 3} and len(arms) == 3 * 2 * 3 and len(trials) == 486
+    for opt in ("sgd", "momentum", "adam"):
+        points = {(t.lr, t.l2) for t in trials if t.optimizer == opt}
+        products = Counter(round(lr ** (1 / iso_slope(opt)) * l2, 15) for lr, l2 in points)
+        assert len(products) == 3 and set(products.values()) == {3}
+    assert all(t.l2 < 0.3 and t.lr / (1 - t.momentum) * t.l2 < 5e-3
+               for t in trials if t.optimizer != "adam")
+    low = {(t.lr, t.l2) for t in trials if t.optimizer == "adam" and t.update == "projection"
+           and t.l2 < 0.19}
+    assert len({lr for lr, _ in low}) >= 2 and len({l2 for _, l2 in low}) >= 2
+    assert {t.eval_last for t in trials} == {3} and {t.seed for t in trials} == {0, 1, 2}
+    assert plan_cells(trials)["decidable"].all()
