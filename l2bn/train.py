@@ -64,7 +64,9 @@ class Trial:
         if cfg.update == "projection":
             project_(template)  # start on the unit sphere, as every later step will be
         self.stack = ModelStack(template, len(self.cfgs))
-        self.optimizer = StackedOptimizer(self.cfgs, self.stack.decayed(cfg.l2_scope), self.device)
+        self.optimizer = StackedOptimizer(  # records Adam's normalized step of each layer
+            self.cfgs, self.stack.decayed(cfg.l2_scope), self.device,
+            watch={name: layer for layer, name in self.stack.weight_names.items()})
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.tracker = UpdateTracker(self.stack.weights(), self.stack.whole_layer, stacked=True)
         self.active = list(range(len(self.cfgs)))  # member index of each model in the stack
@@ -148,7 +150,7 @@ class Trial:
             self.tracker.snapshot()
             self.optimizer.step(stack.params)
             after_step(stack, cfg)
-            self.tracker.update()
+            self.tracker.update(self.optimizer.step_sq)
             loss_sum += losses.detach() * len(idx)
             err_sum += (logits.detach().argmax(2) != labels).sum(1)
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0:
