@@ -169,3 +169,15 @@ def _strip(row: dict) -> dict:
     return {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()
             if k not in ("epoch_time_s", "time_s", "images_per_s")}
 
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_synthetic_rows_carry_both_columns_for_every_layer(optimizer):
+    """analysis/synthetic.py writes the trainer's columns: white gradients, so no
+    autocorrelation and Adam's step at its noise RMS (NaN for sgd, as the trainer writes)."""
+    from analysis.synthetic import trial_rows
+
+    cfg = TrialConfig(data="synthetic", optimizer=optimizer, lr=0.01, l2=1e-3, epochs=2)
+    (row, _) = trial_rows(cfg, 0.3, diverged=False, steps_per_epoch=10)
+    assert all(row[c] == 0.0 for c in layer_columns("grad_autocorr"))
+    steps = [row[c] for c in layer_columns("adam_step_rms")]
+    assert all(math.isnan(v) for v in steps) if optimizer == "sgd" else steps == [ema_noise_rms()] * 4
