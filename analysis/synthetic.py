@@ -2,7 +2,8 @@
 
 The final test error of each grid point is a function the caller chooses (e.g. of lr*l2),
 plus Gaussian seed noise; the per-layer dynamics follow the SGD equilibrium picture of
-docs/theory.md (weight norm relaxing to its equilibrium over relaxation_steps).
+docs/theory.md (weight norm relaxing to its equilibrium over relaxation_steps), with white
+gradients (no step-to-step autocorrelation; Adam's step RMS at its noise value).
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
     row: dict[str, float] = {}
     fan_ins = {layer: float(theory.conv_fan_in(layer, cfg.width)) for layer in LAYERS[:3]}
     wd = cfg.weight_decay
+    adam_step_rms = theory.ema_noise_rms() if cfg.optimizer in theory.ADAM_FAMILY else math.nan
     for layer in LAYERS:
         if cfg.update == "projection" and cfg.norm != "none" and layer != "fc":
             norm = 1.0
@@ -82,7 +84,8 @@ def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
                     f"{layer}_rel_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
                     f"{layer}_angular_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
                     f"{layer}_grad_norm_unit": GRAD_NORM_UNIT, f"{layer}_eff_lr": eff_lr,
-                    f"{layer}_pred_angular_update": pred})
+                    f"{layer}_pred_angular_update": pred,
+                    f"{layer}_adam_step_rms": adam_step_rms, f"{layer}_grad_autocorr": 0.0})
     return row
 
 

@@ -53,6 +53,12 @@ class UpdateTracker:
 
     With `stacked=True` each weight is a (K, ...) stack of K models' weights (l2bn/stack.py)
     and every statistic is the same function vmapped over the K models: (K,) sums.
+
+    Besides the update statistics: `grad_autocorr`, the cosine between the layer's loss
+    gradient (`.grad` at `snapshot`, before the optimizer adds L2) and the previous step's,
+    over the epoch's consecutive step pairs (the first step of an epoch is not paired with the
+    last of the previous one, so a resumed epoch measures the same); and `adam_step_sq`, the
+    optimizer's mean squared normalized step handed to `update` (StackedOptimizer.step_sq).
     """
 
     def __init__(self, weights: dict[str, torch.Tensor], whole_layer: set[str] = frozenset(),
@@ -67,6 +73,8 @@ class UpdateTracker:
         """Start a new epoch."""
         self.steps = 0
         self.sums = {name: {} for name in self.weights}
+        self.counts = {name: {} for name in self.weights}
+        self.last_grad: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def snapshot(self) -> None:
         """Remember the weights (and gradient norm at unit scale) before an optimizer step."""
@@ -77,16 +85,31 @@ class UpdateTracker:
                 g_hat = self._apply(lambda v, g, whole=whole: grad_norm_unit(v, g, whole),
                                     w.detach(), w.grad)
                 self._add(name, "grad_norm_unit", g_hat)
+                self._autocorr(name, w.grad.detach())
+
+    def _autocorr(self, name: str, grad: torch.Tensor) -> None:
+        """Add cos(g_t, g_t-1) of the whole flattened gradient; remember g_t (a copy: the
+        caller may reuse the .grad tensor)."""
+        rows = grad.reshape(len(grad) if self.stacked else 1, -1).clone()
+        norm = torch.linalg.vector_norm(rows, dim=1)
+        if name in self.last_grad:
+            last, last_norm = self.last_grad[name]
+            cos = torch.linalg.vecdot(rows, last) / (norm * last_norm).clamp_min(1e-30)
+            self._add(name, "grad_autocorr", cos if self.stacked else cos[0])
+        self.last_grad[name] = rows, norm
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Add this step's update statistics (call after the step and any projection)."""
+    def update(self, step_sq: dict[str, torch.Tensor] | None = None) -> None:
+        """Add this step's update statistics (call after the step and any projection);
+        `step_sq`: per weight name, the optimizer's mean squared normalized step, if any."""
         for name, w in self.weights.items():
             before, after, whole = self.before[name], w.detach(), name in self.whole_layer
             self._add(name, "rel_update", self._apply(relative_update, before, after))
             self._add(name, "angle_sq", self._apply(angular_update, before, after) ** 2)
             self._add(name, "group_angle_sq", self._apply(
                 lambda a, b, whole=whole: group_angles(a, b, whole), before, after) ** 2)
+        for name, value in (step_sq or {}).items():
+            self._add(name, "adam_step_sq", value)
         self.steps += 1
 
     def _apply(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
@@ -97,21 +120,24 @@ class UpdateTracker:
         """Keep the stacked models at positions `keep`; `weights` are the stack's new tensors."""
         self.weights = weights
         self.sums = {name: {k: v[keep] for k, v in sums.items()} for name, sums in self.sums.items()}
+        self.last_grad = {name: (g[keep], n[keep]) for name, (g, n) in self.last_grad.items()}
 
     def stacked_means(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Per-name per-key means over the epoch's steps, as (K,) tensors left on the device."""
-        n = max(self.steps, 1)
-        return {name: {k: v / n for k, v in sums.items()} for name, sums in self.sums.items()}
+        """Per-name per-key means over the epoch's steps (step pairs for grad_autocorr), as
+        (K,) tensors left on the device."""
+        return {name: {k: v / self.counts[name][k] for k, v in sums.items()}
+                for name, sums in self.sums.items()}
 
     def _add(self, name: str, key: str, value: torch.Tensor) -> None:
-        sums = self.sums[name]
+        sums, counts = self.sums[name], self.counts[name]
         sums[key] = sums[key] + value if key in sums else value.detach().clone()
+        counts[key] = counts.get(key, 0) + 1
 
     def means(self) -> dict[str, dict[str, float | np.ndarray]]:
-        """Per-name per-key means over the epoch's steps (one host read per value; per-group
-        sums come back as arrays)."""
-        n = max(self.steps, 1)
-        return {name: {k: float(v) / n if v.dim() == 0 else v.cpu().numpy() / n
+        """Per-name per-key means over the epoch's steps, step pairs for grad_autocorr (one
+        host read per value; per-group sums come back as arrays)."""
+        return {name: {k: float(v) / self.counts[name][k] if v.dim() == 0
+                       else v.cpu().numpy() / self.counts[name][k]
                        for k, v in sums.items()} for name, sums in self.sums.items()}
 
 
@@ -132,10 +158,12 @@ def angle_columns(name: str, m: dict) -> dict[str, float]:
 def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
                   normalized: set[str], means: dict[str, dict] | None = None) -> dict[str, float]:
     """Flat per-layer columns: <layer>_w_norm, _unit_norm, _rel_update, angle_columns(),
-    _grad_norm_unit, _eff_lr (measured) and _pred_angular_update (theory's equilibrium value
+    _grad_norm_unit, _eff_lr (measured), _pred_angular_update (theory's equilibrium value
     for the layer's group size, NaN where it does not apply: layers without a normalization,
-    the projection update, l2 = 0). `means`: one model's tracker means when the tracker is
-    stacked (default tracker.means())."""
+    the projection update, l2 = 0), _adam_step_rms (RMS over steps and coordinates of Adam's
+    normalized step; NaN without one) and _grad_autocorr (mean cosine of successive loss
+    gradients). `means`: one model's tracker means when the tracker is stacked (default
+    tracker.means())."""
     row: dict[str, float] = {}
     means = tracker.means() if means is None else means
     for name, w in weights.items():
@@ -155,4 +183,6 @@ def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
                 cfg.optimizer, cfg.lr, cfg.l2, momentum=cfg.momentum, fan_in=size,
                 grad_norm_unit=row[f"{name}_grad_norm_unit"]))
         row[f"{name}_pred_angular_update"] = predicted
+        row[f"{name}_adam_step_rms"] = float(np.sqrt(m.get("adam_step_sq", np.nan)))
+        row[f"{name}_grad_autocorr"] = float(m.get("grad_autocorr", np.nan))
     return row

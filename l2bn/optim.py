@@ -70,11 +70,18 @@ class StackedOptimizer:
     broadcast over each (K, ...) parameter. As in `build_optimizer`, only the stack's decayed
     parameters (per `l2_scope`) get weight decay: coupled (added to the gradient) for sgd,
     momentum and adam, decoupled (w <- (1 - lr*wd)*w before the Adam step) for adamw.
+
+    `watch` maps parameter names to labels: after each Adam step, `step_sq[label]` is the (K,)
+    mean over the parameter's coordinates of Adam's squared bias-corrected step
+    (m_hat / (sqrt(v_hat) + eps))^2, the step divided by lr (empty for sgd and momentum).
     """
 
-    def __init__(self, cfgs: list[TrialConfig], decayed: set[str], device: torch.device):
+    def __init__(self, cfgs: list[TrialConfig], decayed: set[str], device: torch.device,
+                 watch: dict[str, str] | None = None):
         self.kind, self.momentum = cfgs[0].optimizer, cfgs[0].momentum
         self.decayed = decayed
+        self.watch = watch or {}
+        self.step_sq: dict[str, torch.Tensor] = {}
         as_vec = functools.partial(torch.tensor, device=device, dtype=torch.float64)
         # Per-model scalars in float64, as torch.optim's Python floats; cast to the
         # parameters' dtype where used, as torch casts a scalar argument.
@@ -121,11 +128,16 @@ class StackedOptimizer:
         step_size = self.lr / bias_correction1
         denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
         p.sub_(_per_model(step_size, p) * state["exp_avg"] / denom)
+        if name in self.watch:  # the update above unchanged: it matches torch.optim's rounding
+            ratio = (state["exp_avg"] / denom).flatten(1)
+            self.step_sq[self.watch[name]] = (torch.linalg.vecdot(ratio, ratio)
+                                              / (ratio.shape[1] * bias_correction1**2))
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the models at positions `keep` (see ModelStack.select)."""
         for attr in ("lr", "wd", "shrink"):
             setattr(self, attr, getattr(self, attr)[keep])
+        self.step_sq = {k: v[keep] for k, v in self.step_sq.items()}
         self.state = {n: {k: t[keep] for k, t in s.items()} for n, s in self.state.items()}
 
     def state_dict(self) -> dict:

@@ -31,7 +31,7 @@ LAYERS = CONV_LAYERS + (CLASSIFIER,)
 # Per-layer metrics (l2bn/metrics.py measures them); column `<layer>_<metric>`.
 LAYER_METRICS = ("w_norm", "unit_norm", "rel_update", "angular_update",
                  "angular_update_group_median", "dead_fraction", "grad_norm_unit", "eff_lr",
-                 "pred_angular_update")
+                 "pred_angular_update", "adam_step_rms", "grad_autocorr")
 
 # Per-epoch measurements besides the per-layer ones; NaN in the row of a diverged epoch.
 TRAIN_COLUMNS = ("train_loss", "train_error", "steps_per_epoch", "train_images")

@@ -42,6 +42,13 @@ def weight_decay(l2):
     return 2.0 * np.asarray(l2, dtype=float)
 
 
+def ema_noise_rms(beta: float = ADAM_BETAS[0]) -> float:
+    """RMS of an exponential moving average (weight 1-beta) of white unit-variance noise,
+    sqrt((1-beta)/(1+beta)): Adam's per-coordinate step m_hat/sqrt(v_hat) under white
+    gradients, 0.229 for beta1 = 0.9 (docs/theory.md#deriving-the-table, the lemma)."""
+    return float(np.sqrt((1 - beta) / (1 + beta)))
+
+
 def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
                                betas=ADAM_BETAS, fan_in=None, grad_norm_unit=None):
     """Predicted per-step angular update at equilibrium (docs/theory.md#equilibrium-table).

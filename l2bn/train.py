@@ -29,9 +29,9 @@ DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
 DIVERGENCE_LOSS = 100 * math.log(10)
 EVAL_IMAGES_X_MODELS = 16_000  # evaluation batch x models in the stack: bounds its memory
 # On a CPU big evaluation batches fall out of the cache: measured at width 8 with K = 9, the
-# 10,000 test images took 3-4x longer in batches of 1,777 than of 50. Bound images x models x
-# width there instead (50 images at K = 9, width 8).
-EVAL_CPU_ACTIVATIONS = 3_600
+# 10,000 test images took 3-4x longer in batches of 1,777 than of 50. A fixed size, not one
+# that depends on K, so a model's test loss does not depend on the group it trains in.
+EVAL_CPU_BATCH = 50
 # Memory layout of the activations, by name; $L2BN_LAYOUT picks one (benchmarks' baselines).
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 LAYOUT_ENV = "L2BN_LAYOUT"
@@ -82,7 +82,9 @@ class Trial:
         if cfg.update == "projection":
             project_(template)  # start on the unit sphere, as every later step will be
         self.stack = ModelStack(template, len(self.cfgs))
-        self.optimizer = StackedOptimizer(self.cfgs, self.stack.decayed(cfg.l2_scope), self.device)
+        self.optimizer = StackedOptimizer(  # records Adam's normalized step of each layer
+            self.cfgs, self.stack.decayed(cfg.l2_scope), self.device,
+            watch={name: layer for layer, name in self.stack.weight_names.items()})
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.tracker = UpdateTracker(self.stack.weights(), self.stack.whole_layer, stacked=True)
         self.active = list(range(len(self.cfgs)))  # member index of each model in the stack
@@ -166,7 +168,7 @@ class Trial:
             self.tracker.snapshot()
             self.optimizer.step(stack.params)
             after_step(stack, cfg)
-            self.tracker.update()
+            self.tracker.update(self.optimizer.step_sq)
             loss_sum += losses.detach() * len(idx)
             err_sum += (logits.detach().argmax(2) != labels).sum(1)
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0:
@@ -207,10 +209,8 @@ class Trial:
     def evaluate(self, split: Split, batch_size: int = 1000) -> dict[str, torch.Tensor]:
         """Per-model mean loss and error on a split (K,), on the device; batch norm uses its
         running statistics."""
-        k = len(self.stack)
-        cap = (EVAL_IMAGES_X_MODELS // k if self.device.type == "cuda"
-               else EVAL_CPU_ACTIVATIONS // (k * self.cfg.width))
-        batch_size = max(16, min(batch_size, cap))
+        cap = EVAL_IMAGES_X_MODELS // len(self.stack) if self.device.type == "cuda" else EVAL_CPU_BATCH
+        batch_size = max(EVAL_CPU_BATCH, min(batch_size, cap))
         loss_sum = torch.zeros(len(self.stack), device=self.device)
         err_sum = torch.zeros(len(self.stack), device=self.device)
         for start in range(0, len(split), batch_size):
