@@ -2,27 +2,18 @@
 were not there (the 512 synthetic images once made --steps 20 read 5x too fast)."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from l2bn.config import ConfigError, TrialConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(data="synthetic", device="cpu", width=4, batch_size=32, n_test=32)
-
-
-def load_script(name: str):
-    """A benchmarks/ script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fused_rate_counts_the_images_each_model_trained(monkeypatch):
