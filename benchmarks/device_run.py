@@ -16,7 +16,7 @@ log.txt, grid.yaml (the slice as a grid file), trials/<name>.parquet and history
 rates.json is rewritten after every measurement, the Parquet files right after the slice:
 a run cut short still leaves what it measured.
 
-    python3 benchmarks/device_run.py --archive .cache/device/cifar10-jpeg.tar.gz --out "$OUT"
+    python3 benchmarks/device_run.py --archive .cache/device/cifar10-jpeg.tar.gz --device cuda --out "$OUT"
     python benchmarks/device_run.py --tiny --out DIR     # the same steps in seconds on a CPU
 """
 from __future__ import annotations
@@ -42,7 +42,8 @@ from cifar_jpeg import build  # noqa: E402
 from fused_throughput import PAPER_IMAGES, measure  # noqa: E402
 
 from analysis.compact import compact  # noqa: E402
-from l2bn.config import DATA_SIZES, FUSED_FIELDS, TrialConfig  # noqa: E402
+from l2bn.config import DATA_SIZES, FUSED_FIELDS, ConfigError, TrialConfig  # noqa: E402
+from l2bn.data import DataError, batch_folder  # noqa: E402
 from l2bn.provenance import run_info  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
 from l2bn.train import Trial, resolve_device  # noqa: E402
@@ -53,6 +54,7 @@ SLICE = {"optimizer": "sgd", "norm": "batch", "update": "l2", "seed": 0}  # one 
 REQUIRED_KS, GROW_KS = (1, 8, 16, 32, 49), (64, 96, 128, 192, 256, 384, 512)
 GROWS = 1.03  # a larger K counts as faster when its rate is at least this much higher
 RESERVE_S = 15.0  # kept back at the end: compaction, the last JSON
+UNKNOWN_S = 10.0  # a guess for a measurement with no smaller K measured yet
 TINY = dict(device="cpu", ks=[1, 2], grow=[3], compile_ks=[2], compile_backend="eager",
             width=4, batch_size=32, steps=2, repeats=2, epochs=1, budget_s=300.0, train_s=60.0,
             slice_overrides={"data": "synthetic", "width": 4, "batch_size": 32, "n_train": 128,
@@ -115,9 +117,10 @@ def time_one(run: Run, args: argparse.Namespace, base: TrialConfig, k: int, prec
     try:
         m = measure(bench_group(base.replace(precision=precision), k), args.steps, args.repeats,
                     args.compile_backend if compiled else None)
-        row.update(images_per_s=round(m.images_per_s, 1), warmup_s=round(m.warmup_s, 2),
-                   times_s=[round(t, 6) for t in m.times_s], images=m.images,
-                   paper_grid_h=round(PAPER_IMAGES / m.images_per_s / 3600, 1))
+        rate = round(m.images_per_s, 1)  # every number in the row from this one
+        row.update(images_per_s=rate, warmup_s=round(m.warmup_s, 2),
+                   times_s=[round(t, 9) for t in m.times_s], images=m.images,
+                   paper_grid_h=round(PAPER_IMAGES / rate / 3600, 1))
     except Exception as exc:  # OOM, a compile failure: recorded, the run goes on
         row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
     if "error" in row and torch.cuda.is_available():
@@ -137,11 +140,15 @@ def time_one(run: Run, args: argparse.Namespace, base: TrialConfig, k: int, prec
 
 
 def estimate_s(run: Run, args: argparse.Namespace, k: int, precision: str, compiled: bool) -> float:
-    """Seconds a measurement should take, from the closest smaller K measured (eager)."""
+    """Seconds a measurement should take, from the closest smaller K measured (eager); a
+    precision's first measurement is guessed at UNKNOWN_S."""
     known = [r for r in run.report["rates"] if r["precision"] == precision and r["mode"] == "eager"
              and "images_per_s" in r and r["k"] <= k]
-    rate = max(known, key=lambda r: r["k"])["images_per_s"] if known else 1.0
-    seconds = (1 + args.repeats) * args.steps * args.batch_size * k / rate + 2.0
+    if known:
+        rate = max(known, key=lambda r: r["k"])["images_per_s"]
+        seconds = (1 + args.repeats) * args.steps * args.batch_size * k / rate + 2.0
+    else:
+        seconds = UNKNOWN_S
     if compiled:
         done = [r["warmup_s"] for r in run.report["rates"] if r["mode"] == "compiled" and "warmup_s" in r]
         seconds += max(done) if done else 60.0
@@ -308,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args.out, args.budget_s)
     try:
         return _main(run, args)
+    except (ConfigError, DataError) as exc:  # no CUDA, a bad --data-dir: one line, at once
+        run.log(f"error: {exc}")
+        run.save()
+        return 2
     except BaseException:
         run.log(traceback.format_exc())
         run.save()
@@ -325,6 +336,8 @@ def _main(run: Run, args: argparse.Namespace) -> int:
         data_dir = str(build(args.archive, work))
         run.report["timing_s"]["data"] = round(run.elapsed(), 1)
         run.log(f"CIFAR-10 built from {args.archive} in {work}")
+    if data_dir:
+        batch_folder(data_dir)  # DataError now, not in every measurement
     base = TrialConfig(optimizer="sgd", norm="batch", width=args.width, batch_size=args.batch_size,
                        n_test=args.batch_size, device=args.device,
                        data="synthetic" if args.tiny else "cifar10", data_dir=data_dir)
