@@ -90,10 +90,10 @@ def test_whole_groups_per_gpu_share_on_a_simulated_gpu_cluster(tmp_path):
         # each group ran in one process that saw one GPU of the node's two, on all its rows
         spans = _intervals(trials)
         assert len(spans) == GROUPS and all(len(g) == 1 for g in spans.gpu)
-        seen = history.groupby(GROUP_AXES).cuda_visible_devices.unique()
-        assert all(len(v) == 1 and v[0] == spans.gpu[key][0] for key, v in seen.items())
         spans["gpu"] = [g[0] for g in spans.gpu]
-        assert set(spans.gpu) <= {str(i) for i in range(GPUS)}
+        assert set(spans.gpu) <= {str(i) for i in range(GPUS)}, spans
+        seen = history.groupby(GROUP_AXES).cuda_visible_devices.unique()
+        assert all(list(v) == [spans.gpu[key]] for key, v in seen.items())
         # never more groups at once than the declared GPUs allow, in all and on each GPU
         assert _max_overlap(spans) <= GPUS * per_gpu, spans
         for _, on_gpu in spans.groupby("gpu"):
