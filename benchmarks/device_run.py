@@ -10,7 +10,7 @@ on a machine with torch, numpy, pillow, pyarrow, pandas and pyyaml but without R
 4. with the time left: the stacked forward under torch.compile against eager (K = 49), then
    K beyond 49 while the rate still grows.
 
-Writes under --out (7 files at most): rates.json (device, versions, settings, every rate),
+Writes 5 files under --out: rates.json (device, versions, settings, every rate),
 log.txt, grid.yaml (the slice as a grid file), trials/<name>.parquet and history/<name>.parquet
 (analysis.compact's layout, so `python -m analysis.report --results OUT` reads them).
 rates.json is rewritten after every measurement, the Parquet files right after the slice:
@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--data-dir", help="an existing copy holding cifar-10-batches-py")
     src.add_argument("--tiny", action="store_true",
                      help="synthetic data, width 4, K = 1-4, one epoch, CPU: the tests' mode")
-    p.add_argument("--out", required=True, type=Path, help="where the (at most 7) files go, e.g. $OUT")
+    p.add_argument("--out", required=True, type=Path, help="where the 5 files go, e.g. $OUT")
     p.add_argument("--work", type=Path, help="where CIFAR-10 is built (default: a temporary folder)")
     p.add_argument("--name", default="paper_slice", help="the slice's sweep name (file stem)")
     p.add_argument("--device", default="auto")
@@ -342,6 +342,8 @@ def _main(run: Run, args: argparse.Namespace) -> int:
                        n_test=args.batch_size, device=args.device,
                        data="synthetic" if args.tiny else "cifar10", data_dir=data_dir)
     run.report["settings"]["bench_config"] = base.to_row()
+    measure(bench_group(base, 1), 2)  # the process's warm-up (CUDA context, handles), not kept
+    run.log("warmed up")
     bench(run, args, base, args.ks, compiled=False)
     run.report["timing_s"]["bench"] = round(run.elapsed(), 1)
 
