@@ -1,4 +1,4 @@
-"""Every GPU number the README lacks, in one call of at most --budget-s seconds (default 450),
+"""The GPU numbers issue 18 asks for, in one call of at most --budget-s seconds (default 450),
 on a machine with torch, numpy, pillow, pyarrow, pandas and pyyaml but without Ray:
 
 1. CIFAR-10 built from the carried JPEG archive (benchmarks/cifar_jpeg.py);
