@@ -25,8 +25,14 @@ FILES = {"rates.json", "log.txt", "grid.yaml", "trials/paper_slice.parquet",
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("device") / "OUT"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_run.py"), "--tiny",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    # as `python benchmarks/device_run.py --tiny --out OUT` on a machine without Ray
+    # (an `import ray` anywhere fails), and without matplotlib/seaborn
+    script = REPO / "benchmarks" / "device_run.py"
+    run = (f"import runpy, sys; sys.modules.update(ray=None, matplotlib=None, seaborn=None); "
+           f"sys.path.insert(0, {str(script.parent)!r}); sys.argv = [{str(script)!r}, '--tiny', "
+           f"'--out', {str(out)!r}]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return out, proc.stdout
 
