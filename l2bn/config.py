@@ -19,6 +19,9 @@ L2_SCOPES = ("all", "normalized")
 DATA_SOURCES = ("cifar10", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+# Images (train, test) in each data source (l2bn/data.py makes them): n_train/n_test may not
+# exceed them, so a row never records more images than its trial trained on.
+DATA_SIZES = {"cifar10": (50_000, 10_000), "synthetic": (512, 256)}
 
 # Fields that say where/how a trial runs, not what it computes: left out of the trial id,
 # so the same grid point has the same id on a laptop and on a cluster.
@@ -181,6 +184,12 @@ def _validate(cfg: TrialConfig) -> None:
 
 def _validate_combination(cfg: TrialConfig) -> None:
     """Cross-field checks: values that are each valid but not together."""
+    for name, size in zip(("n_train", "n_test"), DATA_SIZES[cfg.data], strict=True):
+        value = getattr(cfg, name)
+        if value is not None and value > size:
+            split = "training" if name == "n_train" else "test"
+            raise ConfigError(f"config field '{name}' must be at most {size:,} (the {cfg.data} "
+                              f"{split} set's size) or None (all), got {value!r}")
     if cfg.norm == "none" and cfg.update == "projection":
         raise ConfigError(
             "config field 'update'='projection' needs a normalization: 'norm' must be one of "

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import DATA_SIZES
+
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -135,7 +137,8 @@ def download_cifar10(cache_dir: Path | None = None) -> Path:
     return cache_dir
 
 
-def synthetic_cifar(n_train: int = 512, n_test: int = 256, seed: int = 0) -> tuple[Split, Split]:
+def synthetic_cifar(n_train: int = DATA_SIZES["synthetic"][0], n_test: int = DATA_SIZES["synthetic"][1],
+                    seed: int = 0) -> tuple[Split, Split]:
     """Random images whose label is a function of the mean colour, so a model can learn it."""
     gen = torch.Generator().manual_seed(seed)
 

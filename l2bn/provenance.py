@@ -14,12 +14,14 @@ from . import __version__
 if TYPE_CHECKING:  # torch is imported where it is used: sweeps' --dry-run reads PROVENANCE only
     import torch
 
-# The provenance columns of every result row. device_name, hostname and ray_node_id describe
-# where a trial ran; ray_node_id is Ray's node id (None outside Ray), filled in by the sweep's
-# trainable (l2bn itself never imports ray).
+# The provenance columns of every result row. device_name, hostname, ray_node_id and
+# cuda_visible_devices describe where a trial ran; ray_node_id is Ray's node id (None outside
+# Ray), filled in by the sweep's trainable (l2bn itself never imports ray);
+# cuda_visible_devices is the process's $CUDA_VISIBLE_DEVICES (Ray sets it to the GPUs it
+# assigned a trial; None when unset).
 PROVENANCE = ("l2bn_version", "torch_version", "torchvision_version", "python_version",
-              "device_name", "hostname", "git_rev", "ray_node_id")
-MACHINE = ("device_name", "hostname", "ray_node_id")
+              "device_name", "hostname", "git_rev", "ray_node_id", "cuda_visible_devices")
+MACHINE = ("device_name", "hostname", "ray_node_id", "cuda_visible_devices")
 # What a driver can vouch for about a trial that never ran (not the machine it would have used).
 VERSIONS = tuple(k for k in PROVENANCE if k not in MACHINE)
 
@@ -74,4 +76,5 @@ def run_info(device: torch.device) -> dict[str, str]:
         "hostname": socket.gethostname(),
         "git_rev": git_revision(),
         "ray_node_id": None,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }

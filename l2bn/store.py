@@ -94,7 +94,7 @@ class ResultStore:
         done = row.get("epoch")
         full = {**row, "status": status, "error": error, "wall_time_s": wall_time_s,
                 "epochs_done": None if done is None else int(done) - (status == "diverged"),
-                "finished_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)}
+                "finished_at": _dt.datetime.now(_dt.timezone.utc)}  # to the ms (schema)
         self._write(TRIALS, row["trial_id"], [full], TRIALS_SCHEMA)
 
     def read_trial(self, trial_id: str) -> Row | None:

@@ -1,7 +1,9 @@
 """Shared fixtures: where the real CIFAR-10 copy is (tests skip with a reason without it)."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,16 @@ def cifar_dir() -> Path:
         pytest.skip(f"real CIFAR-10 not found: set {CIFAR_ENV} to a directory holding "
                     "cifar-10-batches-py (.ci/run builds one from ../shared/data)")
     return found
+
+
+def load_script(name: str):
+    """A benchmarks/ script as a module (benchmarks/ is not a package; its scripts import each
+    other by file name, as `python benchmarks/NAME.py` lets them)."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from l2bn.config import ConfigError, TrialConfig
+from l2bn.config import DATA_SIZES, ConfigError, TrialConfig
 
 
 def test_defaults_are_valid_and_id_is_stable():
@@ -59,3 +59,39 @@ def test_projection_needs_a_normalization():
 def test_unknown_keys_rejected_with_allowed_list():
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['learning_rate'\]"):
         TrialConfig.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_train": 60000}, "'n_train' must be at most 50,000 (the cifar10 training set's size)"),
+    ({"n_test": 10001}, "'n_test' must be at most 10,000 (the cifar10 test set's size)"),
+    ({"data": "synthetic", "n_train": 513}, "'n_train' must be at most 512 (the synthetic training"),
+    ({"data": "synthetic", "n_test": 257}, "'n_test' must be at most 256 (the synthetic test"),
+])
+def test_more_images_than_the_dataset_has_is_one_line_error(changes, message):
+    """A row must never record more images than the trial trained on (it silently trained on
+    all 50,000 and recorded 60,000 before)."""
+    with pytest.raises(ConfigError) as err:
+        TrialConfig(**changes)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    # the bounds themselves are allowed, and are what the loader really holds
+    full = {k: v for k, v in changes.items() if k == "data"}
+    cfg = TrialConfig(**full, n_train=None, n_test=None)
+    sizes = DATA_SIZES[cfg.data]
+    assert TrialConfig(**full, n_train=sizes[0], n_test=sizes[1]).n_train == sizes[0]
+
+
+def test_data_sizes_are_what_the_loader_makes():
+    from l2bn.data import IMAGES_PER_FILE, TRAIN_FILES, synthetic_cifar
+
+    train, test = synthetic_cifar()
+    assert (len(train), len(test)) == DATA_SIZES["synthetic"]
+    assert (len(TRAIN_FILES) * IMAGES_PER_FILE, IMAGES_PER_FILE) == DATA_SIZES["cifar10"]
+
+
+def test_cli_rejects_too_many_images_in_one_line(capsys):
+    from l2bn.train import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--n-train", "60000"])
+    assert exc.value.code == 2
+    assert "'n_train' must be at most 50,000" in capsys.readouterr().err
