@@ -254,7 +254,8 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
     if version.chance_guard and at_chance(p):
         reason = (f"every point at chance: mean test error >= {R.CHANCE_ERROR - R.CHANCE_MARGIN:g}"
                   f" at all {int(p['test_mean'].notna().sum())} non-diverged points")
-        iso = {"iso_verdict": "INSUFFICIENT", "iso_reason": reason} if version.iso_test else {}
+        iso = ({"n_diagonals": 0, "n_iso_points": 0, "iso_verdict": "INSUFFICIENT",
+                "iso_reason": reason} if version.iso_test else {})
         return row | iso | {"verdict": "INSUFFICIENT", "reason": reason}
     row |= iso_line_test(used, s_theory) if version.iso_test else {}
     if len(used) < R.MIN_POINTS or row["n_lr"] < R.MIN_DISTINCT or row["n_l2"] < R.MIN_DISTINCT:
@@ -520,7 +521,7 @@ def verdict_table(checks: Checks) -> pd.DataFrame:
     for r in checks.collapse.to_dict("records"):
         if "iso_verdict" not in r:
             continue
-        summary = f"{r['n_diagonals']} diagonals, {r['n_iso_points']} pts"
+        summary = f"{r.get('n_diagonals', 0)} diagonals, {r.get('n_iso_points', 0)} pts"
         if np.isfinite(r.get("iso_along_p", np.nan)):
             summary += (f"; along slope {r['iso_slope']:+.4f} +- {r['iso_slope_se']:.4f}/doubling"
                         f" (p {r['iso_along_p']:.3g}), across p {r['iso_across_p']:.3g}; along "
