@@ -137,7 +137,9 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     if not restoring:
         store.write_meta({**(store.read_meta() or {}), "options": run_options(opts)})
     if not ray.is_initialized():
-        ray.init(address=opts.address, num_cpus=None if opts.address else opts.num_cpus,
+        # "local": a new instance even where `ray start` left one on this machine (ray.init()
+        # would join it, and refuse num_cpus); --address/$RAY_ADDRESS join a cluster.
+        ray.init(address=opts.address or "local", num_cpus=None if opts.address else opts.num_cpus,
                  runtime_env={"env_vars": _env_for_workers()}, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=True)
     threads = max(1, int(opts.cpus_per_trial))
