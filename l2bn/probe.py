@@ -1,10 +1,11 @@
 """How many models per stack (K) and threads per trial train fastest on this CPU machine.
 
 A short timed probe of a grid's own shape (width, batch, norm, optimizer, augmentation) on
-synthetic images of CIFAR-10's size, run before a sweep starts: for each thread count t,
-`cpus // t` processes train side by side (as that many Tune trials would), each timing a
-stack of K models for `window_s` seconds after a warm-up, in lockstep over K. The machine's
-rate for (K, t) is the sum of its processes' model-images per second. `choose` picks from
+synthetic images of CIFAR-10's size, run before a sweep starts: for each K and thread count
+t, `cpus // t` processes train side by side (as that many Tune trials would), each timing a
+stack of K models for WINDOW_S seconds after a warm-up, in lockstep. The machine's rate for
+(K, t) is the sum of its processes' model-images per second. About 1 s per (K, t) pair plus
+a few seconds to start the processes on an idle 2-CPU machine; longer on a loaded one. `choose` picks from
 the rates; it is pure, so tests inject the timings. No Ray here.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from .config import TrialConfig
 
 PROBE_KS = (1, 4, 8, 16)
-WARMUP_STEPS, STEPS_PER_CALL = 2, 2
+WARMUP_STEPS, STEPS_PER_CALL, WINDOW_S = 2, 2, 0.3  # per (K, threads): steps, steps, seconds
 TIMEOUT_S = 300  # a probe process that has not reported by then is taken as stuck
 
 
@@ -61,50 +62,53 @@ def _probe_configs(cfg: TrialConfig, k: int) -> list[TrialConfig]:
     return [base.replace(lr=1e-6 * (i + 1), l2=0.0) for i in range(k)]
 
 
-def _worker(row: dict[str, Any], ks: list[int], threads: int, window_s: float,
-            barrier: Any, results: Any) -> None:
-    """One of the side-by-side processes: per K, warm up, wait for the others, train for
-    window_s seconds, report (K, model-images/s), wait for the others again."""
+def _worker(rank: int, row: dict[str, Any], ks: list[int], threads: list[int], cpus: int,
+            window_s: float, barrier: Any, results: Any) -> None:
+    """Process `rank` of `cpus` side by side: per K and thread count t, the first `cpus // t`
+    processes warm up, all wait for each other, those time window_s seconds of training and
+    report (K, t, model-images/s), and all wait again (nobody warms up the next pair while
+    another still times this one)."""
     import torch
 
     from .train import Trial
 
-    torch.set_num_threads(threads)
     cfg = TrialConfig.from_dict(row)
     for k in ks:
         trial = Trial(_probe_configs(cfg, k))
-        for _ in range(WARMUP_STEPS // STEPS_PER_CALL):
-            trial.train_epoch()
-        barrier.wait()
-        start = time.perf_counter()
-        images = 0
-        while (elapsed := time.perf_counter() - start) < window_s:
-            trial.train_epoch()
-            images += cfg.batch_size * STEPS_PER_CALL * k
-        results.put((k, images / elapsed))
-        barrier.wait()  # nobody warms up the next K while another still times this one
+        for t in threads:
+            active = rank < max(1, cpus // t)
+            if active:
+                torch.set_num_threads(t)
+                for _ in range(WARMUP_STEPS // STEPS_PER_CALL):
+                    trial.train_epoch()
+            barrier.wait()
+            if active:
+                start = time.perf_counter()
+                images = 0
+                while (elapsed := time.perf_counter() - start) < window_s:
+                    trial.train_epoch()
+                    images += cfg.batch_size * STEPS_PER_CALL * k
+                results.put((k, t, images / elapsed))
+            barrier.wait()
 
 
 def measure(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int,
-            window_s: float = 0.5) -> dict[tuple[int, int], float]:
+            window_s: float = WINDOW_S) -> dict[tuple[int, int], float]:
     """The machine's model-images/s for each (K, t): `cpus // t` processes of t threads each
     training K models of cfg's shape side by side, summed."""
     ctx = mp.get_context("spawn")  # fresh interpreters: fork after torch threads is unsafe
-    rates: dict[tuple[int, int], float] = {}
-    for t in threads:
-        n = max(1, cpus // t)
-        barrier, results = ctx.Barrier(n, timeout=TIMEOUT_S), ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(cfg.to_row(), ks, t, window_s, barrier, results),
-                             daemon=True) for _ in range(n)]
-        for p in procs:
-            p.start()
-        try:
-            got = [results.get(timeout=TIMEOUT_S) for _ in range(n * len(ks))]
-        except queue.Empty:
-            raise RuntimeError(f"probe processes reported nothing for {TIMEOUT_S} s (exit codes "
-                               f"{[p.exitcode for p in procs]})") from None
-        for p in procs:
-            p.join()
-        for k in ks:
-            rates[(k, t)] = sum(r for kk, r in got if kk == k)
-    return rates
+    n = max(1, cpus // min(threads))
+    barrier, results = ctx.Barrier(n, timeout=TIMEOUT_S), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(rank, cfg.to_row(), ks, threads, cpus, window_s,
+                                               barrier, results), daemon=True) for rank in range(n)]
+    for p in procs:
+        p.start()
+    expected = len(ks) * sum(max(1, cpus // t) for t in threads)
+    try:
+        got = [results.get(timeout=TIMEOUT_S) for _ in range(expected)]
+    except queue.Empty:
+        raise RuntimeError(f"probe processes reported nothing for {TIMEOUT_S} s (exit codes "
+                           f"{[p.exitcode for p in procs]})") from None
+    for p in procs:
+        p.join()
+    return {(k, t): sum(r for kk, tt, r in got if (kk, tt) == (k, t)) for k in ks for t in threads}
