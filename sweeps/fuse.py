@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from l2bn.config import TrialConfig
@@ -56,7 +56,7 @@ def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: floa
     except ValueError as exc:
         raise GridError(f"{exc}: pass a new --name (or delete the sweep's folder)") from None
     if meta and meta.get("options"):
-        old = meta["options"]
+        old = {"fuse": 1, "cpus_per_trial": 1.0, **meta["options"]}  # sweeps from before --fuse
         print(f"--fuse auto: sweep '{store.name}' keeps the --fuse {old['fuse']} and "
               f"--cpus-per-trial {old['cpus_per_trial']:g} it started with", flush=True)
         return FuseChoice(old["fuse"], cpus_given or old["cpus_per_trial"], meta.get("fuse_probe"))
@@ -64,7 +64,9 @@ def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: floa
         print("--fuse auto: 1 (on a Ray cluster the driver's CPUs may not be the workers')",
               flush=True)
         return FuseChoice(1, cpus_per_trial)
-    return probe(configs, cpus, int(cpus_given) if cpus_given else None)
+    if cpus_given:  # the user's CPUs per trial; torch threads as the trainable sets them
+        return replace(probe(configs, cpus, max(1, int(cpus_given))), cpus_per_trial=cpus_given)
+    return probe(configs, cpus, None)
 
 
 def probe(configs: list[TrialConfig], cpus: int, threads: int | None) -> FuseChoice:

@@ -118,6 +118,8 @@ def test_given_cpus_per_trial_fixes_the_threads_and_a_number_is_not_probed(tmp_p
     choice, calls, _, _ = _resolve(tmp_path, monkeypatch, WIDTH8, cpus_per_trial=2.0)
     assert calls == [([1, 4, 8, 16], [2], 2)]
     assert (choice.fuse, choice.cpus_per_trial) == (16, 2.0)
+    choice, calls, _, _ = _resolve(tmp_path / "half", monkeypatch, WIDTH8, cpus_per_trial=0.5)
+    assert calls == [([1, 4, 8, 16], [1], 2)] and choice.cpus_per_trial == 0.5
     store = ResultStore(str(tmp_path), "t")
     assert resolve(4, None, 0.0, _grid(4, 4), store, 2, local=True) == FuseChoice(4, 1.0)
     # on a GPU auto is whole groups, as before; on a cluster 1, without a probe
