@@ -389,12 +389,17 @@ def load_grid(name_or_path: str, overrides: dict[str, Any] | None = None) -> Gri
 
 def groups(configs: list[TrialConfig], fuse: int | None) -> list[list[TrialConfig]]:
     """Configs that differ only in lr and l2 (config.group_key), in grid order, cut into
-    groups of at most `fuse` (None: whole groups); each group is one Tune trial."""
+    groups of at most `fuse` (None: whole groups), as even as can be (9 by 8: 4 + 5, not
+    8 + 1, so no Tune trial is a straggler); each group is one Tune trial."""
     by_key: dict[str, list[TrialConfig]] = {}
     for cfg in configs:
         by_key.setdefault(group_key(cfg), []).append(cfg)
-    size = fuse or max(len(g) for g in by_key.values())
-    return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
+    out = []
+    for g in by_key.values():
+        n = -(-len(g) // (fuse or len(g)))  # pieces of at most `fuse`
+        cuts = [len(g) * i // n for i in range(n + 1)]
+        out += [g[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    return out
 
 
 def summary(configs: list[TrialConfig], grid: Grid | None = None) -> str:

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
+from sweeps.fuse import available_cpus, parse_fuse, resolve  # noqa: E402
 from sweeps.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
 
@@ -52,6 +53,7 @@ class SweepOptions:
     mlflow: str | None = None               # an MLflow tracking URI for Tune's MLflowLoggerCallback
     grid_source: str = ""
     fuse: int | None = 1                    # models per Tune trial (None: whole lr x l2 groups)
+    fuse_probe: dict[str, Any] | None = None  # --fuse auto's measured rates and choice (sweeps/fuse.py)
 
 
 @dataclass
@@ -84,7 +86,8 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
     if old is None:
         store.write_meta({"name": opts.name, "n_trials": len(ids), "trial_ids": ids,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          "grid": opts.grid_source, "options": run_options(opts)})
+                          "grid": opts.grid_source, "options": run_options(opts),
+                          "fuse_probe": opts.fuse_probe})
     elif old.get("trial_ids") != ids:
         raise GridError(
             f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
@@ -94,8 +97,12 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
 
 def _env_for_workers() -> dict[str, str]:
     from l2bn.provenance import git_revision
-    return {"L2BN_GIT_REV": git_revision(), "RAY_CHDIR_TO_TRIAL_DIR": "0",
-            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
+    from l2bn.train import LAYOUT_ENV
+    env = {"L2BN_GIT_REV": git_revision(), "RAY_CHDIR_TO_TRIAL_DIR": "0",
+           "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
+    if os.environ.get(LAYOUT_ENV):  # a baseline's layout (benchmarks), on every node
+        env[LAYOUT_ENV] = os.environ[LAYOUT_ENV]
+    return env
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
@@ -130,7 +137,9 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     if not restoring:
         store.write_meta({**(store.read_meta() or {}), "options": run_options(opts)})
     if not ray.is_initialized():
-        ray.init(address=opts.address, num_cpus=None if opts.address else opts.num_cpus,
+        # "local": a new instance even where `ray start` left one on this machine (ray.init()
+        # would join it, and refuse num_cpus); --address/$RAY_ADDRESS join a cluster.
+        ray.init(address=opts.address or "local", num_cpus=None if opts.address else opts.num_cpus,
                  runtime_env={"env_vars": _env_for_workers()}, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=True)
     threads = max(1, int(opts.cpus_per_trial))
@@ -171,14 +180,10 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     return SweepOutcome(statuses, fit_wall, store.uri())
 
 
-def parse_fuse(value: str, gpus_per_trial: float) -> int | None:
-    """--fuse: a positive int, or auto (None = whole groups on a GPU, 1 on CPUs: fusion was
-    not measured faster there, see README)."""
-    if value == "auto":
-        return None if gpus_per_trial > 0 else 1
-    if not value.isdigit() or int(value) < 1:
-        raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
-    return int(value)
+def describe_fuse(configs: list[TrialConfig], fuse: int | None, flag: str) -> str:
+    """'9 Tune trials of 1-1 models each (--fuse 1)'."""
+    sizes = [len(g) for g in groups(configs, fuse)]
+    return f"{len(sizes)} Tune trials of {min(sizes)}-{max(sizes)} models each (--fuse {flag})"
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -216,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", default="auto", metavar="N|auto",
                    help="grid points (differing only in lr and l2) trained as one stack of models "
                         "per Tune trial; 1 = one model per trial; auto = whole lr x l2 groups "
-                        "with --gpus-per-trial > 0, else 1")
-    p.add_argument("--cpus-per-trial", type=float, default=_default("cpus_per_trial"))
+                        "with --gpus-per-trial > 0, else the models per stack and threads per "
+                        "trial that a few-second probe at sweep start measured fastest")
+    p.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs (and torch threads) per Tune trial; default: --fuse auto's "
+                        f"choice on CPUs, else {_default('cpus_per_trial'):g}")
     p.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
                   help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--num-cpus", type=int, default=_default("num_cpus"),
@@ -253,13 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        fuse = parse_fuse(args.fuse, args.gpus_per_trial)
+        fuse = parse_fuse(args.fuse)
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    sizes = [len(g) for g in groups(configs, fuse)]
-    fused = (f"{len(sizes)} Tune trials of {min(sizes)}-{max(sizes)} models each "
-             f"(--fuse {args.fuse})")
     if args.dry_run:
         from analysis.plan import describe  # the collapse check's forecast for this grid
 
@@ -268,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         if iso:
             print(iso)
         print(describe(configs))
-        print(fused)
+        if fuse is None and args.gpus_per_trial <= 0:
+            print("--fuse auto: models per Tune trial chosen by a timed probe at sweep start")
+        else:
+            print(describe_fuse(configs, fuse, args.fuse))
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:  # a local instance: the driver's disk is every trial's disk
@@ -278,16 +286,23 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    name, storage = args.name or grid.name, storage_root(args.storage)
+    try:
+        choice = resolve(fuse, args.cpus_per_trial, args.gpus_per_trial, configs,
+                         ResultStore(storage, name), available_cpus(args.num_cpus), not address)
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     opts = SweepOptions(
-        name=args.name or grid.name, storage=storage_root(args.storage), address=address,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        name=name, storage=storage, address=address,
+        cpus_per_trial=choice.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures, reuse_actors=args.reuse_actors, num_cpus=args.num_cpus,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         overrides={k: v for k, v in overrides.items() if k in EXECUTION_FIELDS},
         progress_interval=args.progress_interval, grid_source=Path(grid.path).read_text(),
-        fuse=fuse, tensorboard=args.tensorboard, mlflow=args.mlflow)
-    print(f"sweep '{opts.name}': {len(configs)} trials as {fused} -> {opts.storage}/{opts.name}",
-          flush=True)
+        fuse=choice.fuse, fuse_probe=choice.probe, tensorboard=args.tensorboard, mlflow=args.mlflow)
+    print(f"sweep '{opts.name}': {len(configs)} trials as {describe_fuse(configs, choice.fuse, args.fuse)}"
+          f", {opts.cpus_per_trial:g} CPUs each -> {opts.storage}/{opts.name}", flush=True)
     try:
         outcome = run_sweep(configs, opts)
     except GridError as exc:

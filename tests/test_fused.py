@@ -299,7 +299,6 @@ def test_bf16_autocast_trains_with_normalization_and_parameters_in_fp32():
     assert cfgs[0].trial_id != cfgs[0].replace(precision="fp32").trial_id
 
 
-
 def test_the_cpu_path_feeds_the_convolutions_in_the_chosen_layout(monkeypatch):
     """channels_last by default on the CPU too (for K = 1 and groups); $L2BN_LAYOUT=nchw for a
     baseline. Every conv's input is in that layout, and the logits agree either way."""

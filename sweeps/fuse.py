@@ -1,0 +1,102 @@
+"""--fuse and --cpus-per-trial as run_grid uses them: a number as given, or `auto`.
+
+`auto` on a GPU (--gpus-per-trial > 0) is whole lr x l2 groups per Tune trial. On CPUs it is
+measured: l2bn/probe.py times the grid's own shape for a few K (models per stack) and thread
+counts before Tune starts, and the fastest (K, threads) sets --fuse and, unless given,
+--cpus-per-trial; the rates and the choice go into sweep.json. A sweep that exists already
+keeps the fuse and threads it started with (its Tune trials were made by the first run).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from l2bn.config import TrialConfig
+from l2bn.store import ResultStore
+
+from .grid import GridError, groups
+
+
+@dataclass(frozen=True)
+class FuseChoice:
+    """What a sweep runs with: models per Tune trial (None: whole groups), CPUs per trial,
+    and the probe's record (None when nothing was measured)."""
+
+    fuse: int | None
+    cpus_per_trial: float
+    probe: dict[str, Any] | None = None
+
+
+def parse_fuse(value: str) -> int | None:
+    """--fuse: a positive int, or None for auto."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
+    return int(value)
+
+
+def available_cpus(num_cpus: int | None) -> int:
+    """The CPUs a local Ray instance gets: --num-cpus, else those this process may use."""
+    return num_cpus or len(os.sched_getaffinity(0))
+
+
+def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: float,
+            configs: list[TrialConfig], store: ResultStore, cpus: int, local: bool) -> FuseChoice:
+    """The sweep's fuse and CPUs per trial (see the module docstring); cpus_per_trial None:
+    not given. Probes only for auto, on CPUs, on a local instance, for a new sweep."""
+    cpus_given = cpus_per_trial
+    cpus_per_trial = cpus_per_trial or 1.0
+    if fuse is not None or gpus_per_trial > 0:
+        return FuseChoice(fuse, cpus_per_trial)
+    try:
+        meta = store.read_meta()
+    except ValueError as exc:
+        raise GridError(f"{exc}: pass a new --name (or delete the sweep's folder)") from None
+    if meta and meta.get("options"):
+        old = {"fuse": 1, "cpus_per_trial": 1.0, **meta["options"]}  # sweeps from before --fuse
+        print(f"--fuse auto: sweep '{store.name}' keeps the --fuse {old['fuse']} and "
+              f"--cpus-per-trial {old['cpus_per_trial']:g} it started with", flush=True)
+        return FuseChoice(old["fuse"], cpus_given or old["cpus_per_trial"], meta.get("fuse_probe"))
+    if not local:
+        print("--fuse auto: 1 (on a Ray cluster the driver's CPUs may not be the workers')",
+              flush=True)
+        return FuseChoice(1, cpus_per_trial)
+    if cpus_given:  # the user's CPUs per trial; torch threads as the trainable sets them
+        return replace(probe(configs, cpus, max(1, int(cpus_given))), cpus_per_trial=cpus_given)
+    return probe(configs, cpus, None)
+
+
+def probe(configs: list[TrialConfig], cpus: int, threads: int | None) -> FuseChoice:
+    """Time the grid's shape (l2bn.probe), print the rates, and choose (K, threads)."""
+    from l2bn import probe as p
+
+    ks = p.candidate_ks(max(len(g) for g in groups(configs, None)))
+    ts = p.candidate_threads(cpus, threads)
+    if len(ks) * len(ts) == 1:  # nothing to choose between
+        return FuseChoice(ks[0], float(ts[0]), {"k": ks[0], "threads": ts[0], "cpus": cpus,
+                                                "seconds": 0.0, "rates": []})
+    start = time.perf_counter()
+    try:
+        rates = p.measure(configs[0], ks, ts, cpus)
+    except RuntimeError as exc:
+        print(f"--fuse auto: 1 (the probe failed: {exc})", flush=True)
+        return FuseChoice(1, float(threads or 1))
+    took = time.perf_counter() - start
+    sizes = {k: [len(g) for g in groups(configs, k)] for k in ks}
+    k, t = p.choose(rates, sizes, cpus)
+    rows = [{"k": kk, "threads": tt, "concurrent": max(1, cpus // tt),
+             "model_images_per_s": round(r, 1), "tune_trials": len(sizes[kk]),
+             "slot_use": round(p.slot_use(sizes[kk], max(1, cpus // tt)), 3)}
+            for (kk, tt), r in sorted(rates.items())]
+    print(f"--fuse auto: probed {len(rates)} (K, threads) pairs in {took:.1f} s on {cpus} CPUs "
+          "(model-images/s of the machine):", flush=True)
+    for r in rows:
+        mark = "  <- chosen" if (r["k"], r["threads"]) == (k, t) else ""
+        print(f"  K={r['k']:<3} threads={r['threads']} x {r['concurrent']} trials: "
+              f"{r['model_images_per_s']:9.0f}, {r['tune_trials']} Tune trials keep "
+              f"{r['slot_use']:.0%} of the slots busy{mark}", flush=True)
+    record = {"k": k, "threads": t, "cpus": cpus, "seconds": round(took, 1), "rates": rows}
+    return FuseChoice(k, float(threads or t), record)
