@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
-from l2bn.schema import CONV_LAYERS, layer_columns
+from l2bn.schema import CONV_LAYERS, layer_column, layer_columns
 
 from . import rules as R
 from .equilibrium import last_epoch_drifts
@@ -165,10 +165,10 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
     and fit_mean (non-diverged seeds only, for fits), divergence, drifts and equilibrium.
     `trials` carries norm_drift and angle_drift per trial (equilibrium.last_epoch_drifts)."""
     t = trials.copy()
-    ratios = [f"{layer}_ang_ratio" for layer in CONV_LAYERS]
+    ratios = layer_columns("ang_ratio", CONV_LAYERS)
     for layer, col in zip(CONV_LAYERS, ratios, strict=True):
-        measured = t.get(f"{layer}_angular_update", pd.Series(np.nan, t.index)).astype(float)
-        pred = t.get(f"{layer}_pred_angular_update", pd.Series(np.nan, t.index)).astype(float)
+        measured = t.get(layer_column(layer, "angular_update"), pd.Series(np.nan, t.index)).astype(float)
+        pred = t.get(layer_column(layer, "pred_angular_update"), pd.Series(np.nan, t.index)).astype(float)
         t[col] = (measured / pred).where(~t["diverged_final"])
     k = np.array([theory.balance_exponent(o) for o in t["optimizer"]], dtype=float)
     t["balance"] = (t[ratios].astype(float) ** k[:, None]).mean(axis=1)
@@ -176,7 +176,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
         t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
     if "test_fit" not in t:  # the test outcome of non-diverged trials (the chance guard)
         t["test_fit"] = t["error_plot"].where(~t["diverged_final"])
-    grad = [c for c in (f"{layer}_grad_norm_unit" for layer in CONV_LAYERS) if c in t]
+    grad = [c for c in layer_columns("grad_norm_unit", CONV_LAYERS) if c in t]
     t["grad_norm_conv"] = t[grad].astype(float).mean(axis=1) if grad else np.nan
     g = t.groupby(POINT_KEYS, sort=True)
     points = g.agg(error_mean=("error_plot", "mean"), n_seeds=("error_plot", "size"),
@@ -380,7 +380,7 @@ def projection_row(cell_points: pd.DataFrame, l2_points: pd.DataFrame | None,
 
 def equilibrium_tables(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-point angular-update ratios and norm balance, and the per-cell verdict."""
-    cols = (POINT_KEYS + [f"{layer}_ang_ratio" for layer in CONV_LAYERS]
+    cols = (POINT_KEYS + layer_columns("ang_ratio", CONV_LAYERS)
             + ["ang_ratio", "balance", "norm_drift", "angle_drift", "n_seeds"])
     mask = (points["update"] == "l2") & (points["norm"] != "none") & (points["l2"] > 0)
     eligible = points[mask]
@@ -423,10 +423,10 @@ def cell_table(points: pd.DataFrame) -> pd.DataFrame:
             "n_points": len(p), "n_used": len(used),
             "best_error": best["fit_mean"].max(), "best_lr": best["lr"].max(),
             "best_l2": best["l2"].max()}
-        for col in DEAD_COLUMNS:  # median/max of an empty column is NaN
-            layer = col.removesuffix("_fraction")
-            row |= {f"{layer}_median": ok[col].median(), f"{layer}_used_median": used[col].median(),
-                    f"{layer}_max": ok[col].max()}
+        for layer, col in zip(CONV_LAYERS, DEAD_COLUMNS, strict=True):  # empty column: NaN
+            row |= {layer_column(layer, "dead_median"): ok[col].median(),
+                    layer_column(layer, "dead_used_median"): used[col].median(),
+                    layer_column(layer, "dead_max"): ok[col].max()}
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -46,14 +46,14 @@ def last_epoch_drifts(history: pd.DataFrame) -> pd.DataFrame:
     relax = relaxation_per_layer(last.reset_index())
     norm_d, angle_d = [], []
     for layer in CONV_LAYERS:
-        w1 = last.get(f"{layer}_w_norm", pd.Series(np.nan, last.index)).to_numpy(float)
-        w0 = prev.get(f"{layer}_w_norm", pd.Series(np.nan, prev.index)).to_numpy(float)
+        w1 = last.get(layer_column(layer, "w_norm"), pd.Series(np.nan, last.index)).to_numpy(float)
+        w0 = prev.get(layer_column(layer, "w_norm"), pd.Series(np.nan, prev.index)).to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             norm_d.append(np.abs(np.log(w1 / w0)) / steps * relax[layer])
-            r1 = (last.get(f"{layer}_angular_update", np.nan)
-                  / last.get(f"{layer}_pred_angular_update", np.nan))
-            r0 = (prev.get(f"{layer}_angular_update", np.nan)
-                  / prev.get(f"{layer}_pred_angular_update", np.nan))
+            r1 = (last.get(layer_column(layer, "angular_update"), np.nan)
+                  / last.get(layer_column(layer, "pred_angular_update"), np.nan))
+            r0 = (prev.get(layer_column(layer, "angular_update"), np.nan)
+                  / prev.get(layer_column(layer, "pred_angular_update"), np.nan))
             angle_d.append(np.abs(np.log(np.asarray(r1, float) / np.asarray(r0, float))))
     norm_drift = _nanmax(np.stack(norm_d))
     angle_drift = _nanmax(np.stack(angle_d))
