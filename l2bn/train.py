@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from .config import FUSED_FIELDS, ConfigError, TrialConfig, field_types, group_key
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
-from .model import ConvNet
-from .optim import StackedOptimizer, project_
+from .model import ConvNet, project_
+from .optim import StackedOptimizer
 from .provenance import run_info
 from .schema import Row, config_columns, diverged_row, final_row
 from .stack import ModelStack
