@@ -6,7 +6,7 @@ mean test errors, under the rules of analysis/rules.py.
 - projection (update=projection): is test error flat in l2 below the large-l2 regime?
 - equilibrium (update=l2, normalized, l2 > 0): measured angular update over the theory's
   equilibrium value, at the last epoch, for points that had time to reach equilibrium.
-Thresholds live in analysis/rules.py; rules() states them in words for the report.
+Thresholds live in analysis/rules.py; rule_texts() states them in words for the report.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class CheckSettings:
 
     n_boot: int = 200
     seed: int = 0
-    large_l2: float | None = None  # None: from the measured gradient norm (see rules())
+    large_l2: float | None = None  # None: from the measured gradient norm (see rule_texts())
     equilibrium: str = "measured"  # or "relaxation" (rules version 1, factor 1) or "all"
     rules: str = R.RULES_VERSION  # the verdict rules' version (analysis/rules.py)
 
@@ -60,7 +60,7 @@ class Checks:
     collapse_train: pd.DataFrame = None  # the collapse on train loss (rules "3")
 
 
-def rules(settings: CheckSettings) -> list[str]:
+def rule_texts(settings: CheckSettings) -> list[str]:
     """The rules and thresholds of every verdict, in words, headed by the rules version."""
     lo, hi = R.BALANCE_BAND
     factors = ", ".join(f"{f:g}" for f in R.SENSITIVITY_FACTORS)
@@ -199,7 +199,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
 
 
 def equilibrated(points: pd.DataFrame, rule: str = "measured", factor: float = 1.0) -> pd.Series:
-    """Which points can have equilibrated under a rule (rules()); `factor` scales the measured
+    """Which points can have equilibrated under a rule (rule_texts()); `factor` scales the measured
     rule's thresholds (or multiplies the relaxation time for the relaxation rule)."""
     positive = points["l2"] > 0
     if rule == "all":
@@ -279,7 +279,7 @@ def at_chance(points: pd.DataFrame) -> bool:
 
 def collapse_stats(fit: SlopeFit, n: int, n_lr: int, n_l2: int, s_theory: float,
                    lof: FTest | None = None) -> dict:
-    """Adjusted R^2s, gain, lack of fit and the verdict for a fitted cell (rules())."""
+    """Adjusted R^2s, gain, lack of fit and the verdict for a fitted cell (rule_texts())."""
     adj_1d = adjusted_r2(fit.r2_1d, n, fit.dof + 1)
     adj_lr = adjusted_r2(fit.r2_lr, n, min(fit.dof, n_lr))
     adj_l2 = adjusted_r2(fit.r2_l2, n, min(fit.dof, n_l2))
@@ -319,7 +319,7 @@ def collapse_stats(fit: SlopeFit, n: int, n_lr: int, n_l2: int, s_theory: float,
 
 
 def large_l2_threshold(cell_points: pd.DataFrame, settings: CheckSettings) -> float:
-    """l2 above this is the large-l2 regime (rules()); inf when unknown."""
+    """l2 above this is the large-l2 regime (rule_texts()); inf when unknown."""
     if settings.large_l2 is not None:
         return settings.large_l2
     grad = cell_points["grad_norm_conv"].median()

@@ -244,7 +244,7 @@ class Trial:
         self.epoch += 1
         if stats is None:
             return rows
-        self._sync()
+        self.sync()
         train_time = time.perf_counter() - start
         n = stats["train_images"]
         # Everything measured, per model, moved to the host in one go.
@@ -277,7 +277,8 @@ class Trial:
         """The first member's summary row (the trial's when K = 1)."""
         return self.summaries()[0]
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Wait for the device's queued work (CUDA), so a timer reads work done; no-op on CPU."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
