@@ -20,7 +20,7 @@ from .metrics import UpdateTracker, layer_metrics
 from .model import ConvNet, project_
 from .optim import StackedOptimizer
 from .provenance import run_info
-from .schema import Row, config_columns, diverged_row, final_row
+from .schema import Row, config_columns, diverged_row, final_row, layer_column
 from .stack import ModelStack
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
@@ -334,7 +334,8 @@ def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
 
 
 TABLE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error",
-                 "conv2_unit_norm", "conv2_angular_update", "conv2_pred_angular_update",
+                 *(layer_column("conv2", m) for m in ("unit_norm", "angular_update",
+                                                      "pred_angular_update")),
                  "images_per_s", "diverged")
 
 
