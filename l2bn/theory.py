@@ -13,7 +13,7 @@ SGD_FAMILY = ("sgd", "momentum")
 ADAM_FAMILY = ("adam", "adamw")
 
 
-def unknown_optimizer(optimizer: str) -> ValueError:
+def _unknown_optimizer(optimizer: str) -> ValueError:
     """The error for an optimizer the theory has no formula for."""
     return ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                       f"{list(SGD_FAMILY + ADAM_FAMILY)}")
@@ -87,7 +87,7 @@ def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
                 g = np.asarray(grad_norm_unit, dtype=float)
                 out = np.sqrt((1 - betas[0]) / (1 + betas[0])) * np.cbrt(2 * wd * lr**2 * fan_in / g)
     else:
-        raise unknown_optimizer(optimizer)
+        raise _unknown_optimizer(optimizer)
     return out if out.ndim else float(out)
 
 
@@ -132,7 +132,7 @@ def equilibrium_norm(optimizer: str, lr, l2, momentum: float = 0.0, fan_in=None,
         elif optimizer == "adamw":
             out = np.sqrt(lr * np.asarray(fan_in, dtype=float) / (2 * wd))
         else:
-            raise unknown_optimizer(optimizer)
+            raise _unknown_optimizer(optimizer)
     return out if np.ndim(out) else float(out)
 
 
