@@ -6,7 +6,7 @@ mean test errors, under the rules of analysis/rules.py.
 - projection (update=projection): is test error flat in l2 below the large-l2 regime?
 - equilibrium (update=l2, normalized, l2 > 0): measured angular update over the theory's
   equilibrium value, at the last epoch, for points that had time to reach equilibrium.
-Thresholds live in analysis/rules.py; rules() states them in words for the report.
+Thresholds live in analysis/rules.py; rule_texts() states them in words for the report.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
-from l2bn.schema import CONV_LAYERS, layer_columns
+from l2bn.schema import CONV_LAYERS, layer_column, layer_columns
 
 from . import rules as R
 from .equilibrium import last_epoch_drifts
@@ -40,7 +40,7 @@ class CheckSettings:
 
     n_boot: int = 200
     seed: int = 0
-    large_l2: float | None = None  # None: from the measured gradient norm (see rules())
+    large_l2: float | None = None  # None: from the measured gradient norm (see rule_texts())
     equilibrium: str = "measured"  # or "relaxation" (rules version 1, factor 1) or "all"
     rules: str = R.RULES_VERSION  # the verdict rules' version (analysis/rules.py)
 
@@ -60,7 +60,7 @@ class Checks:
     collapse_train: pd.DataFrame = None  # the collapse on train loss (rules "3")
 
 
-def rules(settings: CheckSettings) -> list[str]:
+def rule_texts(settings: CheckSettings) -> list[str]:
     """The rules and thresholds of every verdict, in words, headed by the rules version."""
     lo, hi = R.BALANCE_BAND
     factors = ", ".join(f"{f:g}" for f in R.SENSITIVITY_FACTORS)
@@ -165,10 +165,10 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
     and fit_mean (non-diverged seeds only, for fits), divergence, drifts and equilibrium.
     `trials` carries norm_drift and angle_drift per trial (equilibrium.last_epoch_drifts)."""
     t = trials.copy()
-    ratios = [f"{layer}_ang_ratio" for layer in CONV_LAYERS]
+    ratios = layer_columns("ang_ratio", CONV_LAYERS)
     for layer, col in zip(CONV_LAYERS, ratios, strict=True):
-        measured = t.get(f"{layer}_angular_update", pd.Series(np.nan, t.index)).astype(float)
-        pred = t.get(f"{layer}_pred_angular_update", pd.Series(np.nan, t.index)).astype(float)
+        measured = t.get(layer_column(layer, "angular_update"), pd.Series(np.nan, t.index)).astype(float)
+        pred = t.get(layer_column(layer, "pred_angular_update"), pd.Series(np.nan, t.index)).astype(float)
         t[col] = (measured / pred).where(~t["diverged_final"])
     k = np.array([theory.balance_exponent(o) for o in t["optimizer"]], dtype=float)
     t["balance"] = (t[ratios].astype(float) ** k[:, None]).mean(axis=1)
@@ -176,7 +176,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
         t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
     if "test_fit" not in t:  # the test outcome of non-diverged trials (the chance guard)
         t["test_fit"] = t["error_plot"].where(~t["diverged_final"])
-    grad = [c for c in (f"{layer}_grad_norm_unit" for layer in CONV_LAYERS) if c in t]
+    grad = [c for c in layer_columns("grad_norm_unit", CONV_LAYERS) if c in t]
     t["grad_norm_conv"] = t[grad].astype(float).mean(axis=1) if grad else np.nan
     g = t.groupby(POINT_KEYS, sort=True)
     points = g.agg(error_mean=("error_plot", "mean"), n_seeds=("error_plot", "size"),
@@ -199,7 +199,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
 
 
 def equilibrated(points: pd.DataFrame, rule: str = "measured", factor: float = 1.0) -> pd.Series:
-    """Which points can have equilibrated under a rule (rules()); `factor` scales the measured
+    """Which points can have equilibrated under a rule (rule_texts()); `factor` scales the measured
     rule's thresholds (or multiplies the relaxation time for the relaxation rule)."""
     positive = points["l2"] > 0
     if rule == "all":
@@ -280,7 +280,7 @@ def at_chance(points: pd.DataFrame) -> bool:
 
 def collapse_stats(fit: SlopeFit, n: int, n_lr: int, n_l2: int, s_theory: float,
                    lof: FTest | None = None) -> dict:
-    """Adjusted R^2s, gain, lack of fit and the verdict for a fitted cell (rules())."""
+    """Adjusted R^2s, gain, lack of fit and the verdict for a fitted cell (rule_texts())."""
     adj_1d = adjusted_r2(fit.r2_1d, n, fit.dof + 1)
     adj_lr = adjusted_r2(fit.r2_lr, n, min(fit.dof, n_lr))
     adj_l2 = adjusted_r2(fit.r2_l2, n, min(fit.dof, n_l2))
@@ -320,7 +320,7 @@ def collapse_stats(fit: SlopeFit, n: int, n_lr: int, n_l2: int, s_theory: float,
 
 
 def large_l2_threshold(cell_points: pd.DataFrame, settings: CheckSettings) -> float:
-    """l2 above this is the large-l2 regime (rules()); inf when unknown."""
+    """l2 above this is the large-l2 regime (rule_texts()); inf when unknown."""
     if settings.large_l2 is not None:
         return settings.large_l2
     grad = cell_points["grad_norm_conv"].median()
@@ -381,7 +381,7 @@ def projection_row(cell_points: pd.DataFrame, l2_points: pd.DataFrame | None,
 
 def equilibrium_tables(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-point angular-update ratios and norm balance, and the per-cell verdict."""
-    cols = (POINT_KEYS + [f"{layer}_ang_ratio" for layer in CONV_LAYERS]
+    cols = (POINT_KEYS + layer_columns("ang_ratio", CONV_LAYERS)
             + ["ang_ratio", "balance", "norm_drift", "angle_drift", "n_seeds"])
     mask = (points["update"] == "l2") & (points["norm"] != "none") & (points["l2"] > 0)
     eligible = points[mask]
@@ -424,10 +424,10 @@ def cell_table(points: pd.DataFrame) -> pd.DataFrame:
             "n_points": len(p), "n_used": len(used),
             "best_error": best["fit_mean"].max(), "best_lr": best["lr"].max(),
             "best_l2": best["l2"].max()}
-        for col in DEAD_COLUMNS:  # median/max of an empty column is NaN
-            layer = col.removesuffix("_fraction")
-            row |= {f"{layer}_median": ok[col].median(), f"{layer}_used_median": used[col].median(),
-                    f"{layer}_max": ok[col].max()}
+        for layer, col in zip(CONV_LAYERS, DEAD_COLUMNS, strict=True):  # empty column: NaN
+            row |= {layer_column(layer, "dead_median"): ok[col].median(),
+                    layer_column(layer, "dead_used_median"): used[col].median(),
+                    layer_column(layer, "dead_max"): ok[col].max()}
         rows.append(row)
     return pd.DataFrame(rows)
 

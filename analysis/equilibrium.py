@@ -11,29 +11,23 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
-from l2bn.schema import CONV_LAYERS
+from l2bn.schema import CONV_LAYERS, layer_column
 
 from .load import momentum_of
 
 
 def relaxation_per_layer(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    """theory.relaxation_steps per conv layer for each row; Adam's from the layer's group size
-    and the row's measured unit gradient norm."""
-    out = {}
-    for layer in CONV_LAYERS:
-        steps = np.full(len(rows), np.nan)
-        for opt, idx in rows.groupby("optimizer").indices.items():
-            r = rows.iloc[idx]
-            lr, l2 = r["lr"].to_numpy(float), r["l2"].to_numpy(float)
-            if opt == "adam":
-                size = np.where(r["norm"] == "layer",
-                                theory.group_size(layer, r["width"].to_numpy(float), "layer"),
-                                theory.group_size(layer, r["width"].to_numpy(float), "batch"))
-                grad = r.get(f"{layer}_grad_norm_unit", pd.Series(np.nan, r.index)).to_numpy(float)
-                steps[idx] = theory.relaxation_steps(opt, lr, l2, fan_in=size, grad_norm_unit=grad)
-            else:
-                steps[idx] = theory.relaxation_steps(opt, lr, l2, momentum_of(opt))
-        out[layer] = steps
+    """theory.layer_relaxation_steps per conv layer for each row; Adam's from the row's
+    measured unit gradient norm (NaN without one)."""
+    out = {layer: np.full(len(rows), np.nan) for layer in CONV_LAYERS}
+    for opt, idx in rows.groupby("optimizer").indices.items():
+        r = rows.iloc[idx]
+        for layer in CONV_LAYERS:
+            grad = r.get(layer_column(layer, "grad_norm_unit"), pd.Series(np.nan, r.index))
+            out[layer][idx] = theory.layer_relaxation_steps(
+                opt, r["lr"].to_numpy(float), r["l2"].to_numpy(float), layer,
+                r["width"].to_numpy(float), r["norm"].to_numpy(), grad.to_numpy(float),
+                momentum_of(opt))
     return out
 
 
@@ -52,14 +46,14 @@ def last_epoch_drifts(history: pd.DataFrame) -> pd.DataFrame:
     relax = relaxation_per_layer(last.reset_index())
     norm_d, angle_d = [], []
     for layer in CONV_LAYERS:
-        w1 = last.get(f"{layer}_w_norm", pd.Series(np.nan, last.index)).to_numpy(float)
-        w0 = prev.get(f"{layer}_w_norm", pd.Series(np.nan, prev.index)).to_numpy(float)
+        w1 = last.get(layer_column(layer, "w_norm"), pd.Series(np.nan, last.index)).to_numpy(float)
+        w0 = prev.get(layer_column(layer, "w_norm"), pd.Series(np.nan, prev.index)).to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             norm_d.append(np.abs(np.log(w1 / w0)) / steps * relax[layer])
-            r1 = (last.get(f"{layer}_angular_update", np.nan)
-                  / last.get(f"{layer}_pred_angular_update", np.nan))
-            r0 = (prev.get(f"{layer}_angular_update", np.nan)
-                  / prev.get(f"{layer}_pred_angular_update", np.nan))
+            r1 = (last.get(layer_column(layer, "angular_update"), np.nan)
+                  / last.get(layer_column(layer, "pred_angular_update"), np.nan))
+            r0 = (prev.get(layer_column(layer, "angular_update"), np.nan)
+                  / prev.get(layer_column(layer, "pred_angular_update"), np.nan))
             angle_d.append(np.abs(np.log(np.asarray(r1, float) / np.asarray(r0, float))))
     norm_drift = _nanmax(np.stack(norm_d))
     angle_drift = _nanmax(np.stack(angle_d))

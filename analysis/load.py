@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from l2bn import theory
 from l2bn.config import TrialConfig
-from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS
+from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS, layer_columns
 
 from .rules import CHANCE_ERROR
 
@@ -225,20 +225,15 @@ def add_derived(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def relaxation(trials: pd.DataFrame, optimizer: str) -> np.ndarray:
-    """theory.relaxation_steps per trial; for adam from each conv layer's group size
-    (theory.group_size) and measured gradient norm at unit weight norm (last epoch), the
-    slowest layer counting."""
-    lr, l2 = trials["lr"].to_numpy(float), trials["l2"].to_numpy(float)
-    grads = [f"{layer}_grad_norm_unit" for layer in CONV_LAYERS]
-    if optimizer != "adam" or not all(g in trials for g in grads):
-        return theory.relaxation_steps(optimizer, lr, l2, momentum_of(optimizer))
-    width, layer_norm = trials["width"].to_numpy(float), trials["norm"].eq("layer").to_numpy()
-    per_layer = [theory.relaxation_steps(
-        optimizer, lr, l2, 0.0, grad_norm_unit=trials[g].to_numpy(float),
-        fan_in=np.where(layer_norm, theory.group_size(layer, width, "layer"),
-                        theory.group_size(layer, width, "batch")))
-        for layer, g in zip(CONV_LAYERS, grads, strict=True)]
-    return np.max(per_layer, axis=0)
+    """theory.slowest_relaxation_steps per trial; Adam's from each conv layer's measured
+    gradient norm at unit weight norm (last epoch), the SGD form where one is missing."""
+    grads = layer_columns("grad_norm_unit", CONV_LAYERS)
+    per_layer = ({layer: trials[g].to_numpy(float) for layer, g in zip(CONV_LAYERS, grads, strict=True)}
+                 if all(g in trials for g in grads) else None)
+    return theory.slowest_relaxation_steps(
+        optimizer, trials["lr"].to_numpy(float), trials["l2"].to_numpy(float),
+        trials["width"].to_numpy(float), trials["norm"].to_numpy(), per_layer,
+        momentum_of(optimizer))
 
 
 def setting_labels(trials: pd.DataFrame) -> pd.Series:

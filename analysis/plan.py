@@ -22,11 +22,9 @@ CELL = ("optimizer", "norm", "l2_scope", "scale_invariant")  # one collapse cell
 
 def forecast_steps(cfg: TrialConfig) -> float:
     """The slowest conv layer's relaxation time in steps for one config."""
-    if cfg.optimizer != "adam":
-        return float(theory.relaxation_steps(cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum))
-    return max(float(theory.relaxation_steps(
-        "adam", cfg.lr, cfg.l2, fan_in=theory.group_size(layer, cfg.width, cfg.norm),
-        grad_norm_unit=R.PLAN_GRAD)) for layer in CONV_LAYERS)
+    return theory.slowest_relaxation_steps(
+        cfg.optimizer, cfg.lr, cfg.l2, cfg.width, cfg.norm,
+        dict.fromkeys(CONV_LAYERS, R.PLAN_GRAD), cfg.momentum)
 
 
 def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:

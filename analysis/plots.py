@@ -22,7 +22,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from l2bn import theory
-from l2bn.schema import LAYERS
+from l2bn.schema import LAYERS, layer_column, layer_columns
 
 from .collapse import DEAD_COLUMNS
 from .load import CHANCE_ERROR
@@ -396,15 +396,15 @@ def dynamics(history: pd.DataFrame, cells: list[dict]) -> Figure | None:
         mean = h.groupby("epoch").mean(numeric_only=True)
         for ax, (key, label) in zip(axes[:, col], rows, strict=True):
             for layer in LAYERS:
-                if f"{layer}_{key}" in mean:
-                    ax.plot(mean.index, mean[f"{layer}_{key}"], color=colors[layer], label=layer,
+                if layer_column(layer, key) in mean:
+                    ax.plot(mean.index, mean[layer_column(layer, key)], color=colors[layer], label=layer,
                             marker="o", ms=2.5)
-                pred = f"{layer}_pred_angular_update"
+                pred = layer_column(layer, "pred_angular_update")
                 if key == "angular_update" and pred in mean and (mean[pred] > 0).any():
                     ax.plot(mean.index, mean[pred].where(mean[pred] > 0), color=colors[layer],
                             ls="--", lw=1, marker="_", ms=8)
-            shown = [f"{layer}_{key}" for layer in LAYERS] + (
-                [f"{layer}_pred_angular_update" for layer in LAYERS] if key == "angular_update" else [])
+            shown = layer_columns(key) + (
+                layer_columns("pred_angular_update") if key == "angular_update" else [])
             values = mean[[c for c in shown if c in mean]].to_numpy().ravel()
             values = values[values != 0]  # old results hold a predicted 0 at l2 = 0
             values = values[np.isfinite(values)]

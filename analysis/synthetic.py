@@ -17,13 +17,13 @@ import numpy as np
 
 from l2bn import __version__, theory
 from l2bn.config import TrialConfig
-from l2bn.schema import LAYERS, Row, config_columns, diverged_row, final_row
+from l2bn.schema import LAYERS, Row, config_columns, diverged_row, final_row, layer_column
 from l2bn.store import ResultStore
 
 from .load import CHANCE_ERROR
 
 ErrorFn = Callable[[str, str, str, float, float], float]  # (optimizer, norm, update, lr, l2)
-PROVENANCE = {"l2bn_version": __version__, "torch_version": "synthetic",
+SYNTHETIC_PROVENANCE = {"l2bn_version": __version__, "torch_version": "synthetic",
               "torchvision_version": "synthetic", "python_version": "3", "device_name": "none",
               "hostname": "synthetic", "git_rev": "synthetic"}
 GRAD_NORM_UNIT = 1.0
@@ -56,17 +56,17 @@ class SyntheticSweep:
                 for o, n, u, (lr, l2), s in grid if not (n == "none" and u == "projection")]
 
 
-def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
-    """Per-layer metric columns at a given step (SGD picture: norm relaxes to equilibrium)."""
+def synthetic_layer_values(cfg: TrialConfig, step: int) -> dict[str, float]:
+    """Made-up per-layer metric columns at a given step (SGD picture: norm relaxes to
+    equilibrium)."""
     row: dict[str, float] = {}
     fan_ins = {layer: float(theory.conv_fan_in(layer, cfg.width)) for layer in LAYERS[:3]}
-    wd = cfg.weight_decay
     adam_step_rms = theory.ema_noise_rms() if cfg.optimizer in theory.ADAM_FAMILY else math.nan
     for layer in LAYERS:
         if cfg.update == "projection" and cfg.norm != "none" and layer != "fc":
             norm = 1.0
-        elif cfg.l2 > 0:
-            eq = (cfg.lr * GRAD_NORM_UNIT**2 / (2 * wd)) ** 0.25
+        elif cfg.l2 > 0:  # the SGD equilibrium for every optimizer (module docstring)
+            eq = theory.equilibrium_norm("sgd", cfg.lr, cfg.l2, grad_norm_unit=GRAD_NORM_UNIT)
             relax = theory.relaxation_steps(cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum)
             norm = eq + (1.0 - eq) * math.exp(-step / relax)
         else:
@@ -77,15 +77,16 @@ def layer_columns(cfg: TrialConfig, step: int) -> dict[str, float]:
             pred = theory.equilibrium_angular_update(
                 cfg.optimizer, cfg.lr, cfg.l2, cfg.momentum, fan_in=fan_ins[layer],
                 grad_norm_unit=GRAD_NORM_UNIT)
+        values = {}
         if layer != "fc":  # more channels die as the angular update grows (a made-up shape)
             angle = cfg.lr * GRAD_NORM_UNIT / norm**2
-            row[f"{layer}_dead_fraction"] = angle / (1.0 + angle)
-        row.update({f"{layer}_w_norm": norm * 4.0, f"{layer}_unit_norm": norm,
-                    f"{layer}_rel_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
-                    f"{layer}_angular_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
-                    f"{layer}_grad_norm_unit": GRAD_NORM_UNIT, f"{layer}_eff_lr": eff_lr,
-                    f"{layer}_pred_angular_update": pred,
-                    f"{layer}_adam_step_rms": adam_step_rms, f"{layer}_grad_autocorr": 0.0})
+            values["dead_fraction"] = angle / (1.0 + angle)
+        values |= {"w_norm": norm * 4.0, "unit_norm": norm,
+                   "rel_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
+                   "angular_update": cfg.lr * GRAD_NORM_UNIT / norm**2,
+                   "grad_norm_unit": GRAD_NORM_UNIT, "eff_lr": eff_lr, "pred_angular_update": pred,
+                   "adam_step_rms": adam_step_rms, "grad_autocorr": 0.0}
+        row.update({layer_column(layer, k): v for k, v in values.items()})
     return row
 
 
@@ -104,9 +105,9 @@ def trial_rows(cfg: TrialConfig, final_error: float, diverged: bool,
                         "train_loss": 2 * error, "train_error": 0.9 * error,
                         "test_loss": 2.2 * error, "test_error": error,
                         "epoch_time_s": 1.0, "time_s": float(epoch), "images_per_s": 1e4,
-                        "diverged": False, **layer_columns(cfg, step), **PROVENANCE})
+                        "diverged": False, **synthetic_layer_values(cfg, step), **SYNTHETIC_PROVENANCE})
     if diverged:
-        history[-1] = diverged_row(cfg, cfg.epochs, history[-1]["step"], PROVENANCE)
+        history[-1] = diverged_row(cfg, cfg.epochs, history[-1]["step"], SYNTHETIC_PROVENANCE)
     return history
 
 

@@ -41,13 +41,13 @@ def measure(cfgs: list[TrialConfig], steps: int, repeats: int = 1,
         trial.stack.forward = torch.compile(trial.stack.forward, backend=compile_backend)
     start = time.perf_counter()
     trial.train_epoch()  # warm-up
-    trial._sync()
+    trial.sync()
     warmup = time.perf_counter() - start
     times, images = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
         stats = trial.train_epoch()
-        trial._sync()
+        trial.sync()
         times.append(time.perf_counter() - start)
         if stats is None or len(trial.active) < len(cfgs):
             raise RuntimeError("a model diverged during the benchmark: its rate would count "

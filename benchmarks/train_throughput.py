@@ -18,7 +18,7 @@ from torchvision import datasets, transforms
 from l2bn.config import TrialConfig
 from l2bn.data import MEAN, STD
 from l2bn.model import ConvNet
-from l2bn.optim import build_optimizer
+from l2bn.reference import build_optimizer
 from l2bn.train import Trial, resolve_device
 
 

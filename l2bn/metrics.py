@@ -9,6 +9,7 @@ import torch
 
 from . import theory
 from .model import scale_groups, unit_norms
+from .schema import layer_column
 
 DEAD_RELATIVE = 0.01  # a group turning < 1% of its layer's angle over an epoch is "dead"
 ANGLE_METRICS = ("angular_update", "angular_update_group_median", "dead_fraction")
@@ -147,12 +148,12 @@ def angle_columns(name: str, m: dict) -> dict[str, float]:
     group's RMS angle; _dead_fraction: share of groups whose RMS angle is below DEAD_RELATIVE
     of the layer's (zero gradient: the group only shrinks under L2, its direction is frozen)."""
     if "angle_sq" not in m:
-        return {f"{name}_{k}": float("nan") for k in ANGLE_METRICS}
+        return {layer_column(name, k): float("nan") for k in ANGLE_METRICS}
     layer = float(np.sqrt(m["angle_sq"]))
     groups = np.sqrt(m["group_angle_sq"])
-    return {f"{name}_angular_update": layer,
-            f"{name}_angular_update_group_median": float(np.median(groups)),
-            f"{name}_dead_fraction": float((groups < DEAD_RELATIVE * layer).mean())}
+    return {layer_column(name, "angular_update"): layer,
+            layer_column(name, "angular_update_group_median"): float(np.median(groups)),
+            layer_column(name, "dead_fraction"): float((groups < DEAD_RELATIVE * layer).mean())}
 
 
 def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
@@ -171,18 +172,19 @@ def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
         m = means[name]
         whole = name in tracker.whole_layer
         size = w.numel() if whole else w[0].numel()  # the scale-invariant group's size d
-        row[f"{name}_w_norm"] = float(w.detach().norm())
-        row[f"{name}_unit_norm"] = float(units.mean())
-        row[f"{name}_rel_update"] = m.get("rel_update", float("nan"))
+        row[layer_column(name, "w_norm")] = float(w.detach().norm())
+        row[layer_column(name, "unit_norm")] = float(units.mean())
+        row[layer_column(name, "rel_update")] = m.get("rel_update", float("nan"))
         row.update(angle_columns(name, m))
-        row[f"{name}_grad_norm_unit"] = m.get("grad_norm_unit", float("nan"))
-        row[f"{name}_eff_lr"] = float(theory.measured_effective_lr(cfg.optimizer, cfg.lr, units).mean())
+        row[layer_column(name, "grad_norm_unit")] = m.get("grad_norm_unit", float("nan"))
+        eff_lr = theory.measured_effective_lr(cfg.optimizer, cfg.lr, units)
+        row[layer_column(name, "eff_lr")] = float(eff_lr.mean())
         predicted = float("nan")
         if name in normalized and cfg.update == "l2" and cfg.l2 > 0:
             predicted = float(theory.equilibrium_angular_update(
                 cfg.optimizer, cfg.lr, cfg.l2, momentum=cfg.momentum, fan_in=size,
-                grad_norm_unit=row[f"{name}_grad_norm_unit"]))
-        row[f"{name}_pred_angular_update"] = predicted
-        row[f"{name}_adam_step_rms"] = float(np.sqrt(m.get("adam_step_sq", np.nan)))
-        row[f"{name}_grad_autocorr"] = float(m.get("grad_autocorr", np.nan))
+                grad_norm_unit=row[layer_column(name, "grad_norm_unit")]))
+        row[layer_column(name, "pred_angular_update")] = predicted
+        row[layer_column(name, "adam_step_rms")] = float(np.sqrt(m.get("adam_step_sq", np.nan)))
+        row[layer_column(name, "grad_autocorr")] = float(m.get("grad_autocorr", np.nan))
     return row

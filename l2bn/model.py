@@ -107,3 +107,13 @@ def decayed_weights(model: ConvNet, scope: str) -> dict[str, torch.nn.Parameter]
     if scope == "normalized":
         return normalized_weights(model)
     return {name: layer_weight(model, name) for name in LAYERS}
+
+
+@torch.no_grad()
+def project_(model: ConvNet) -> None:
+    """Direct weight-normalization update (van Laarhoven 2017): w_u <- w_u/||w_u|| for each
+    output unit u; for layer norm the whole layer is the unit (see whole_layer_group)."""
+    for name, weight in normalized_weights(model).items():
+        whole = whole_layer_group(model, name)
+        norms = unit_norms(weight, whole).clamp_min(1e-12)
+        weight.div_(norms.view(-1, *([1] * (weight.dim() - 1))) if not whole else norms)

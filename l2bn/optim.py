@@ -1,9 +1,6 @@
-"""Optimizers, and where L2 and the projection update are applied.
-
-Training uses `StackedOptimizer` (K models at once; l2bn/train.py's `after_step` projects the
-stack). `build_optimizer`, `project_` and `after_step` here are the same rules on one
-nn.Module ConvNet with torch.optim: the reference the stacked path is tested equal to
-(tests/test_fused.py) and the conventional pipeline of benchmarks/train_throughput.py.
+"""The training optimizer, `StackedOptimizer`, and where L2 is applied (l2bn/train.py's
+`after_step` projects the stack). l2bn/reference.py holds the same rules with torch.optim on
+one nn.Module ConvNet: the reference the stacked path is tested equal to.
 
 Mapping of the paper's penalty l2*||w||^2 onto torch.optim (wd = 2*l2, TrialConfig.weight_decay):
 - sgd, momentum, adam: `weight_decay=wd` in torch.optim adds wd*w to the gradient before
@@ -19,47 +16,9 @@ import functools
 import torch
 
 from .config import TrialConfig
-from .model import ConvNet, decayed_weights, normalized_weights, unit_norms, whole_layer_group
 from .theory import ADAM_BETAS
 
 ADAM_EPS = 1e-8  # torch.optim.Adam/AdamW default
-
-
-def param_groups(model: ConvNet, cfg: TrialConfig) -> list[dict]:
-    """Two groups: decayed weights (weight_decay = 2*l2) and everything else (no decay)."""
-    decayed = list(decayed_weights(model, cfg.l2_scope).values())
-    decayed_ids = {id(p) for p in decayed}
-    rest = [p for p in model.parameters() if id(p) not in decayed_ids and p.requires_grad]
-    return [
-        {"params": decayed, "weight_decay": cfg.weight_decay, "name": "decayed"},
-        {"params": rest, "weight_decay": 0.0, "name": "not_decayed"},
-    ]
-
-
-def build_optimizer(model: ConvNet, cfg: TrialConfig) -> torch.optim.Optimizer:
-    """torch.optim optimizer for cfg.optimizer with L2 mapped as in the module docstring."""
-    groups = param_groups(model, cfg)
-    if cfg.optimizer in ("sgd", "momentum"):
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=ADAM_BETAS)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
-
-
-@torch.no_grad()
-def project_(model: ConvNet) -> None:
-    """Direct weight-normalization update (van Laarhoven 2017): w_u <- w_u/||w_u|| for each
-    output unit u; for layer norm the whole layer is the unit (see whole_layer_group)."""
-    for name, weight in normalized_weights(model).items():
-        whole = whole_layer_group(model, name)
-        norms = unit_norms(weight, whole).clamp_min(1e-12)
-        weight.div_(norms.view(-1, *([1] * (weight.dim() - 1))) if not whole else norms)
-
-
-def after_step(model: ConvNet, cfg: TrialConfig) -> None:
-    """What follows every optimizer step: the projection for update='projection'."""
-    if cfg.update == "projection":
-        project_(model)
 
 
 class StackedOptimizer:
@@ -67,9 +26,9 @@ class StackedOptimizer:
     operations) applied to a stack of K models at once, each with its own lr and l2.
 
     State is keyed by the stack's parameter names; `lr` and the L2 strength are (K,) vectors
-    broadcast over each (K, ...) parameter. As in `build_optimizer`, only the stack's decayed
-    parameters (per `l2_scope`) get weight decay: coupled (added to the gradient) for sgd,
-    momentum and adam, decoupled (w <- (1 - lr*wd)*w before the Adam step) for adamw.
+    broadcast over each (K, ...) parameter. As in reference.build_optimizer, only the stack's
+    decayed parameters (per `l2_scope`) get weight decay: coupled (added to the gradient) for
+    sgd, momentum and adam, decoupled (w <- (1 - lr*wd)*w before the Adam step) for adamw.
 
     `watch` maps parameter names to labels: after each Adam step, `step_sq[label]` is the (K,)
     mean over the parameter's coordinates of Adam's squared bias-corrected step

@@ -124,7 +124,7 @@ class ModelStack:
 
     @torch.no_grad()
     def project_(self) -> None:
-        """optim.project_ for every model: each scale-invariant group of a normalized weight
+        """model.project_ for every model: each scale-invariant group of a normalized weight
         (output unit, or the whole layer for layer norm) divided by its norm."""
         for layer in self.normalized:
             w = self.params[self.weight_names[layer]]

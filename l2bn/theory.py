@@ -13,6 +13,12 @@ SGD_FAMILY = ("sgd", "momentum")
 ADAM_FAMILY = ("adam", "adamw")
 
 
+def _unknown_optimizer(optimizer: str) -> ValueError:
+    """The error for an optimizer the theory has no formula for."""
+    return ValueError(f"unknown optimizer {optimizer!r}; expected one of "
+                      f"{list(SGD_FAMILY + ADAM_FAMILY)}")
+
+
 def conv_fan_in(layer: str, width):
     """Fan-in d of one output unit of the ConvNet's conv layers (3x3 kernels, channels
     3 -> w -> 2w -> 4w; l2bn/model.py, checked against it in the tests). Torch-free, so the
@@ -21,12 +27,13 @@ def conv_fan_in(layer: str, width):
     return 9 * np.asarray(channels_in, dtype=float)
 
 
-def group_size(layer: str, width, norm: str):
+def group_size(layer: str, width, norm):
     """Size d of one scale-invariant group of a conv layer: one output channel's fan-in
     (batch, instance, weight norm), or the whole layer, C_out x fan-in, for layer norm, which
-    pools all channels (docs/theory.md#scale-invariance). Torch-free."""
+    pools all channels (docs/theory.md#scale-invariance). Torch-free; `norm` may be an array of
+    norms, one per width."""
     channels_out = {"conv1": 1, "conv2": 2, "conv3": 4}[layer] * np.asarray(width, dtype=float)
-    return conv_fan_in(layer, width) * (channels_out if norm == "layer" else 1.0)
+    return conv_fan_in(layer, width) * np.where(np.asarray(norm) == "layer", channels_out, 1.0)
 
 
 def balance_exponent(optimizer: str) -> int:
@@ -80,8 +87,7 @@ def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
                 g = np.asarray(grad_norm_unit, dtype=float)
                 out = np.sqrt((1 - betas[0]) / (1 + betas[0])) * np.cbrt(2 * wd * lr**2 * fan_in / g)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
-                         f"{list(SGD_FAMILY + ADAM_FAMILY)}")
+        raise _unknown_optimizer(optimizer)
     return out if out.ndim else float(out)
 
 
@@ -109,6 +115,27 @@ def measured_effective_lr(optimizer: str, lr, unit_norm):
     return out if out.ndim else float(out)
 
 
+def equilibrium_norm(optimizer: str, lr, l2, momentum: float = 0.0, fan_in=None,
+                     grad_norm_unit=None):
+    """Equilibrium ||w|| of one scale-invariant group (docs/theory.md#equilibrium-table):
+    sgd/momentum: (lr*||g_hat||^2/(2*wd*(1-mu)))^(1/4); adam with coupled L2:
+    (lr*sqrt(d)*||g_hat||/(2*wd))^(1/3); adamw: (lr*d/(2*wd))^(1/2). d is the group's size
+    (group_size), ||g_hat|| its gradient norm at unit weight norm; inf when l2 = 0."""
+    lr, wd = np.asarray(lr, dtype=float), weight_decay(l2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if optimizer in SGD_FAMILY:
+            g = np.asarray(grad_norm_unit, dtype=float)
+            out = (lr * g**2 / (2 * wd * (1 - momentum))) ** 0.25
+        elif optimizer == "adam":
+            g = np.asarray(grad_norm_unit, dtype=float)
+            out = np.cbrt(lr * np.sqrt(fan_in) * g / (2 * wd))
+        elif optimizer == "adamw":
+            out = np.sqrt(lr * np.asarray(fan_in, dtype=float) / (2 * wd))
+        else:
+            raise _unknown_optimizer(optimizer)
+    return out if np.ndim(out) else float(out)
+
+
 def relaxation_steps(optimizer: str, lr, l2, momentum: float = 0.0,
                      fan_in=None, grad_norm_unit=None):
     """Steps to reach equilibrium: 1/(lr*wd) for SGD, (1-mu)/(lr*wd) with momentum
@@ -124,8 +151,31 @@ def relaxation_steps(optimizer: str, lr, l2, momentum: float = 0.0,
     with np.errstate(divide="ignore", invalid="ignore"):
         if optimizer == "adam" and fan_in is not None and grad_norm_unit is not None:
             g, root_d = np.asarray(grad_norm_unit, dtype=float), np.sqrt(fan_in)
-            w_eq = np.cbrt(lr * root_d * g / (2 * wd))
+            w_eq = equilibrium_norm("adam", lr, l2, fan_in=fan_in, grad_norm_unit=g)
             out = np.where(wd > 0, g / (lr * wd * root_d * w_eq), np.inf)
         else:
             out = (1.0 - momentum) / (lr * wd)
+    return out if np.ndim(out) else float(out)
+
+
+def layer_relaxation_steps(optimizer: str, lr, l2, layer: str, width, norm, grad_norm_unit=None,
+                           momentum: float = 0.0):
+    """relaxation_steps of one conv layer: Adam's from the layer's group size (group_size, the
+    whole layer for layer norm) and its gradient norm at unit weight norm; the other
+    optimizers' (and Adam's without that gradient norm: the SGD form) do not depend on it."""
+    if optimizer != "adam" or grad_norm_unit is None:
+        return relaxation_steps(optimizer, lr, l2, momentum)
+    return relaxation_steps(optimizer, lr, l2, momentum, fan_in=group_size(layer, width, norm),
+                            grad_norm_unit=grad_norm_unit)
+
+
+def slowest_relaxation_steps(optimizer: str, lr, l2, width, norm, grad_norm_unit_per_layer=None,
+                             momentum: float = 0.0):
+    """The slowest conv layer's relaxation time (docs/theory.md#relaxation-times): the max of
+    layer_relaxation_steps over the layers of `grad_norm_unit_per_layer` ({layer: gradient norm
+    at unit weight norm}); without it, the layer-independent form."""
+    if not grad_norm_unit_per_layer:
+        return relaxation_steps(optimizer, lr, l2, momentum)
+    out = np.max([layer_relaxation_steps(optimizer, lr, l2, layer, width, norm, g, momentum)
+                  for layer, g in grad_norm_unit_per_layer.items()], axis=0)
     return out if np.ndim(out) else float(out)

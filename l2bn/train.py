@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from .config import FUSED_FIELDS, ConfigError, TrialConfig, field_types, group_key
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
-from .model import ConvNet
-from .optim import StackedOptimizer, project_
+from .model import ConvNet, project_
+from .optim import StackedOptimizer
 from .provenance import run_info
-from .schema import Row, config_columns, diverged_row, final_row
+from .schema import Row, config_columns, diverged_row, final_row, layer_column
 from .stack import ModelStack
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the running loss
@@ -244,7 +244,7 @@ class Trial:
         self.epoch += 1
         if stats is None:
             return rows
-        self._sync()
+        self.sync()
         train_time = time.perf_counter() - start
         n = stats["train_images"]
         # Everything measured, per model, moved to the host in one go.
@@ -277,7 +277,8 @@ class Trial:
         """The first member's summary row (the trial's when K = 1)."""
         return self.summaries()[0]
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Wait for the device's queued work (CUDA), so a timer reads work done; no-op on CPU."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -333,7 +334,8 @@ def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
 
 
 TABLE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error",
-                 "conv2_unit_norm", "conv2_angular_update", "conv2_pred_angular_update",
+                 *(layer_column("conv2", m) for m in ("unit_norm", "angular_update",
+                                                      "pred_angular_update")),
                  "images_per_s", "diverged")
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.collapse import CheckSettings, rules
+from analysis.collapse import CheckSettings, rule_texts
 from analysis.report import FIGURES, build_parser, choose_dynamics, main
 from analysis.synthetic import SyntheticSweep, write_sweep
 
@@ -113,7 +113,7 @@ def test_html_embeds_every_figure_and_the_verdict_table(full_report):
     verdicts = json.loads((full_report / "collapse.json").read_text())["verdicts"]
     assert got == {(v["check"], v["cell"], v["verdict"]) for v in verdicts}
     text = "".join(page.text)
-    for rule in rules(CheckSettings(n_boot=100)):
+    for rule in rule_texts(CheckSettings(n_boot=100)):
         assert rule in text
 
 

@@ -75,3 +75,37 @@ def test_theory_values_by_hand():
         pytest.approx(1 / (1e-3 * 0.02 * 4 * 0.1 ** (1 / 3)))
     assert theory.relaxation_steps("adam", 1e-3, 0.0, fan_in=16, grad_norm_unit=1.0) == math.inf
     assert theory.measured_effective_lr("adam", 0.1, 2.0) == pytest.approx(0.05)
+
+
+def test_equilibrium_norm_by_hand():
+    """The table's equilibrium ||w||, and Adam's relaxation time built on it."""
+    # sgd: (lr*g^2/(2*wd))^(1/4) = (0.1*4/0.04)^(1/4) = 10^(1/4); momentum 0.9 divides by 0.1
+    assert theory.equilibrium_norm("sgd", 0.1, 0.01, grad_norm_unit=2.0) == pytest.approx(10 ** 0.25)
+    assert theory.equilibrium_norm("momentum", 0.1, 0.01, 0.9, grad_norm_unit=2.0) == \
+        pytest.approx(100 ** 0.25)
+    # adam: (lr*sqrt(d)*g/(2*wd))^(1/3) = (0.001*4*1/0.04)^(1/3); adamw: (lr*d/(2*wd))^(1/2)
+    assert theory.equilibrium_norm("adam", 1e-3, 0.01, fan_in=16, grad_norm_unit=1.0) == \
+        pytest.approx(0.1 ** (1 / 3))
+    assert theory.equilibrium_norm("adamw", 1e-3, 0.01, fan_in=16) == pytest.approx(0.4 ** 0.5)
+    assert theory.equilibrium_norm("sgd", 0.1, 0.0, grad_norm_unit=1.0) == math.inf
+
+
+def test_slowest_relaxation_uses_each_layers_group_size():
+    """Adam: the max over layers of relaxation_steps at group_size (the whole layer for layer
+    norm); SGD's the same for every layer."""
+    grads = {"conv1": 1.0, "conv2": 2.0, "conv3": 0.5}
+    for norm in ("batch", "layer"):
+        per_layer = [theory.relaxation_steps("adam", 1e-3, 0.01, fan_in=theory.group_size(layer, 8, norm),
+                                             grad_norm_unit=g) for layer, g in grads.items()]
+        assert theory.slowest_relaxation_steps("adam", 1e-3, 0.01, 8, norm, grads) == \
+            pytest.approx(max(per_layer))
+    # batch norm: conv1 d = 27; layer norm: d = 27*8, so 8^(2/3) = 4 times faster
+    assert theory.layer_relaxation_steps("adam", 1e-3, 0.01, "conv1", 8, "batch", 1.0) == \
+        pytest.approx(4 * theory.layer_relaxation_steps("adam", 1e-3, 0.01, "conv1", 8, "layer", 1.0))
+    # an array of norms, one per row, picks each row's group size
+    both = theory.slowest_relaxation_steps("adam", [1e-3, 1e-3], [0.01, 0.01], [8, 8],
+                                           ["batch", "layer"], {k: [v, v] for k, v in grads.items()})
+    assert both == pytest.approx([theory.slowest_relaxation_steps("adam", 1e-3, 0.01, 8, n, grads)
+                                  for n in ("batch", "layer")])
+    assert theory.slowest_relaxation_steps("momentum", 0.1, 0.01, 8, "layer", grads, 0.9) == \
+        pytest.approx(50.0)

@@ -1,5 +1,5 @@
 """Fused groups: K models trained as one stack equal the same K models trained one by one
-(today's path: nn.Module ConvNet + torch.optim + optim.after_step), model by model."""
+(the reference: nn.Module ConvNet + torch.optim + reference.after_step), model by model."""
 import math
 
 import pytest
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from l2bn.config import TrialConfig
 from l2bn.data import augment, epoch_batches, load_cifar10, normalize
 from l2bn.metrics import UpdateTracker, layer_metrics
-from l2bn.model import ConvNet, layer_weight, normalized_weights, whole_layer_group
-from l2bn.optim import ADAM_EPS, after_step, build_optimizer, project_
+from l2bn.model import ConvNet, layer_weight, normalized_weights, project_, whole_layer_group
+from l2bn.optim import ADAM_EPS
+from l2bn.reference import after_step, build_optimizer
 from l2bn.schema import LAYERS, layer_column
 from l2bn.train import Trial
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from l2bn.config import TrialConfig
 from l2bn.model import ConvNet, decayed_weights, normalized_weights, scale_groups, whole_layer_group
-from l2bn.optim import after_step, build_optimizer, param_groups
+from l2bn.reference import after_step, build_optimizer, param_groups
 
 NORMS = ["batch", "weight", "layer", "instance"]
 
