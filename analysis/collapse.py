@@ -6,7 +6,7 @@ mean test errors, under the rules of analysis/rules.py.
 - projection (update=projection): is test error flat in l2 below the large-l2 regime?
 - equilibrium (update=l2, normalized, l2 > 0): measured angular update over the theory's
   equilibrium value, at the last epoch, for points that had time to reach equilibrium.
-Thresholds live in analysis/rules.py; rule_texts() states them in words for the report.
+Thresholds and their wording (rule_texts) live in analysis/rules.py.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from l2bn.schema import CONV_LAYERS, layer_column, layer_columns
 
 from . import rules as R
 from .equilibrium import last_epoch_drifts
-from .fit import CI_LEVEL, MAX_DOF, POINTS_PER_DOF, SlopeFit, adjusted_r2, fit_slope, smooth
+from .fit import SlopeFit, adjusted_r2, fit_slope, smooth
 from .isolines import iso_line_test
 from .load import CHANCE_ERROR, Results
 from .outcome import last_evals
@@ -58,106 +58,6 @@ class Checks:
     sensitivity: pd.DataFrame = None  # collapse slope under other equilibrium rules
     cells: pd.DataFrame = None  # per cell: best error and dead-channel fractions (descriptive)
     collapse_train: pd.DataFrame = None  # the collapse on train loss (rules "3")
-
-
-def rule_texts(settings: CheckSettings) -> list[str]:
-    """The rules and thresholds of every verdict, in words, headed by the rules version."""
-    lo, hi = R.BALANCE_BAND
-    factors = ", ".join(f"{f:g}" for f in R.SENSITIVITY_FACTORS)
-    eq_rule = {
-        "measured": f"Equilibrium rule (measured): a point (lr, l2 > 0) is used when the median "
-                    "over its non-diverged seeds of each trial's last-epoch drifts, the largest "
-                    "over conv layers, are small: norm drift = |ln(||w||_E/||w||_E-1)| per step"
-                    " x theory.relaxation_steps (how far ln ||w|| would still move in one "
-                    f"relaxation time at the last epoch's pace) <= {R.NORM_DRIFT_MAX:g}, and "
-                    "angle drift = |change of ln(measured/predicted angular update)| over the "
-                    f"last epoch <= {R.ANGLE_DRIFT_MAX:g} (where a prediction exists). Trials "
-                    "with fewer than two measured epochs have no drift: not equilibrated. The "
-                    f"sensitivity table scales both thresholds by {factors} and shows the "
-                    "rules-version-1 relaxation rule and all l2 > 0 points.",
-        "relaxation": "Equilibrium rule (EXPLORATION, rules version 1): a point is used when "
-                      "relaxation_steps <= the training budget in steps.",
-        "all": "Equilibrium rule (EXPLORATION): every l2 > 0 point is used."}[settings.equilibrium]
-    return [
-        f"Rules version {settings.rules} (analysis/rules.py), fixed before the data they "
-        "judge.", *version_rules(settings.rules),
-        f"Diverged trials are drawn (red x, hatched) at test error {CHANCE_ERROR} (chance) and"
-        " count as such for best-over-lr, but are left out of every fit and test: divergence"
-        " happens early, before any equilibrium, so the theory says nothing about it. A point"
-        " with some seeds diverged uses its other seeds; one with all seeds diverged is listed"
-        " as such. Failed and unfinished trials are left out (listed under Skipped).",
-        eq_rule,
-        "Collapse fit: for each s in [-1, 3] (step 0.01, then parabolic refinement), a cubic "
-        f"regression spline (up to {MAX_DOF} coefficients, at most one per {POINTS_PER_DOF} "
-        "points and fewer than the distinct x values) in x = log(lr) + s*log(l2) is fitted to"
-        " the per-point mean test error; s maximises R^2. The lr-only and l2-only models are "
-        "the same spline in log(lr) or log(l2).",
-        f"Interval: {100 * CI_LEVEL:g}% percentile bootstrap ({settings.n_boot} replicates, "
-        f"RNG seed {settings.seed}): 'seeds' (median point with >= 2 seeds) redraws each "
-        "point's seeds from the cell's pooled within-point deviations; 'residuals' (one seed)"
-        " resamples the 1-D model's residuals.",
-        f"Lack of fit (>= 2 seeds): F-test of the fitted 1-D model (spline + s) against free "
-        f"point means, with the seed-to-seed variance as noise; significant when p < "
-        f"{R.ALPHA:g}.",
-        f"Collapse verdict: INSUFFICIENT with fewer than {R.MIN_POINTS} equilibrated points or"
-        f" fewer than {R.MIN_DISTINCT} distinct lr or l2 values. With >= 2 seeds: PASS when "
-        f"the theory's s lies in the interval widened by {R.S_TOLERANCE:g} on each side, the "
-        f"1-D model shows no significant lack of fit, its adjusted R^2 >= {R.R2_MIN} and it "
-        f"removes >= {R.GAIN_MIN:g} of the variance the better of the lr-only and l2-only "
-        "models leaves; FAIL when any of these fails; INSUFFICIENT instead of PASS (or of the"
-        " s-only FAIL) when the widened interval holds both s = 1/2 and s = 1. With one seed "
-        "the lack of fit cannot be tested: DESCRIPTIVE, and the 'descriptive' column says what"
-        " the other criteria give. norm=none is the control: FAIL is the expected outcome.",
-        "Projection flatness: among l2 below the large-l2 regime, is test error a function of"
-        " lr alone? With >= 2 seeds: F-test of the lr-only model against free point means "
-        "(the l2 main effect and its interaction with lr against the seed noise); with one "
-        "seed: two-way ANOVA without replicates (l2 main effect against the lr x l2 "
-        f"interaction). FAIL when the l2 effect is significant (p < {R.ALPHA:g}); PASS when "
-        "it is not and the lr effect, tested the same way, is (the design can detect an "
-        "effect); INSUFFICIENT otherwise or with fewer than 2 distinct lr or l2 values. "
-        "l2_effect is the RMS size of the fitted l2 effect in test error; the spread ratio of"
-        " rules version 1 is reported, not judged. Large l2: "
-        + (f"l2 > {settings.large_l2:g} (EXPLORATION: set by --large-l2)."
-           if settings.large_l2 is not None
-           else "2*l2 above the median measured per-unit gradient norm at unit weight norm "
-                "(conv layers, last epoch), i.e. the L2 gradient outweighs the loss gradient."),
-        "Equilibrium: for equilibrated, non-diverged points, the norm balance per conv layer ="
-        " (measured/predicted angular update)^k at the last epoch, k = 2 (sgd, momentum, "
-        "adamw) or 3 (adam with coupled L2): the ratio of the update's growth of ||w||^2 to "
-        "L2's shrinkage in the theory's balance (1 at the predicted equilibrium); averaged "
-        f"over conv layers and seeds; per cell PASS when the median lies in [{lo:.3g}, "
-        f"{hi:.3g}], the same band for every optimizer. The angular update is the whole "
-        "layer's (all groups flattened), RMS over the epoch's steps; results written before"
-        " issue 10 hold the mean over groups of per-group angles instead.",
-    ]
-
-
-def version_rules(name: str) -> list[str]:
-    """What rules version `name` adds to the rules below, in words (none for "2")."""
-    v = R.version(name)
-    if name == "2":
-        return []
-    guard = R.CHANCE_ERROR - R.CHANCE_MARGIN
-    return [
-        f"Outcome (rules {name}): each trial's test error is the mean over its last "
-        f"{v.outcome_evals} evaluations (epochs) that did not diverge, not the final one alone;"
-        " every check and figure below uses it.",
-        f"Chance guard: a collapse cell whose every non-diverged point has mean test error >= "
-        f"{guard:g} (chance {R.CHANCE_ERROR:g} less {R.CHANCE_MARGIN:g}) is INSUFFICIENT: it "
-        "shows nothing the theory speaks of.",
-        "Train-loss collapse: the same fit, interval, lack of fit and verdict with the mean "
-        f"train loss of the last {v.outcome_evals} epochs as the outcome (diverged trials left"
-        " out as before); for the fully scale-invariant network the theory predicts it exactly.",
-        f"Iso-line test: points whose lr^(1/s)*l2 (s the theory's slope) agree to {R.ISO_RTOL:g}"
-        f" lie on one diagonal; diagonals with >= {R.ISO_MIN_LR} distinct lr count, and the "
-        f"test needs >= {R.ISO_MIN_DIAGONALS}. Against the seed noise (pure error of the point "
-        "means): along = F-test of one common slope in log2(lr) added to one mean per diagonal;"
-        " across = F-test of the diagonal means against one grand mean. FAIL when the along "
-        f"slope is significant (p < {R.ALPHA:g}); PASS when it is not and the across test is; "
-        "INSUFFICIENT otherwise, with one seed per point, or under the chance guard. iso_along"
-        " is |slope| x the mean log2(lr) span of a diagonal, iso_across the range of the "
-        "diagonal means (outcome units).",
-    ]
 
 
 def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:

@@ -22,7 +22,6 @@ from .collapse import (
     Checks,
     CheckSettings,
     missing_points,
-    rule_texts,
     run_checks,
     verdict_table,
 )
@@ -156,7 +155,7 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
              f"found; skipped {len(results.skipped)}."),
         Text(f"Verdicts under rules version {checks.settings.rules} (analysis/rules.py)."),
         Heading("Verdicts"), Table(verdicts, "verdicts"),
-        Heading("Rules and thresholds"), Bullets(tuple(rule_texts(checks.settings))),
+        Heading("Rules and thresholds"), Bullets(tuple(R.rule_texts(checks.settings))),
         Heading("Figures")]
     blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}") for n in figure_names]
     blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),

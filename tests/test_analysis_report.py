@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.collapse import CheckSettings, rule_texts
+from analysis.collapse import CheckSettings
 from analysis.report import FIGURES, build_parser, choose_dynamics, main
+from analysis.rules import rule_texts
 from analysis.synthetic import SyntheticSweep, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
