@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .grid import GridError
+from l2bn.grid import GridError
 
 # Run options a resumed sweep applies (Tune itself would keep the first run's) and the ones
 # it cannot change: each restored trial keeps the resources it was created with.

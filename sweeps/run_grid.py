@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
+from l2bn.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
-from sweeps.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
@@ -261,13 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     fused = (f"{len(sizes)} Tune trials of {min(sizes)}-{max(sizes)} models each "
              f"(--fuse {args.fuse})")
     if args.dry_run:
-        from analysis.plan import describe  # the collapse check's forecast for this grid
-
         print(summary(configs, grid))
         iso = describe_diagonals(grid.diagonals(configs))
         if iso:
             print(iso)
-        print(describe(configs))
+        print(f"collapse forecast (which cells are decidable): python -m analysis.plan {args.grid}")
         print(fused)
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS")

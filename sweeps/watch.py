@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .grid import GridError
+from l2bn.grid import GridError
 
 
 def watch_callbacks(opts: Any) -> list:

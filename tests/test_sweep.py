@@ -14,10 +14,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from l2bn.config import TrialConfig
+from l2bn.grid import GridError, load_grid
 from l2bn.schema import HISTORY_SCHEMA, TRIALS_SCHEMA
 from l2bn.store import ResultStore
 from l2bn.train import train
-from sweeps.grid import GridError, load_grid
 from sweeps.run_grid import SweepOptions, check_same_grid, storage_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""Grids as data: a YAML file -> the exact list of TrialConfigs it describes (no Ray here).
+"""Grids as data: a YAML file -> the exact list of TrialConfigs it describes (no Ray here;
+the sweep runner and analysis.plan both read grids through it).
 
 Format (also documented at the top of every file in sweeps/grids/):
 
@@ -41,7 +42,7 @@ import yaml
 from l2bn.config import ConfigError, TrialConfig, check_field, group_key
 from l2bn.theory import iso_slope
 
-GRID_DIR = Path(__file__).resolve().parent / "grids"
+GRID_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "grids"  # the shipped grid files
 FIELDS = tuple(f.name for f in fields(TrialConfig))
 TOP_KEYS = ("name", "description", "fixed", "axes", "exclude")
 RANGE_KEYS = {"start", "stop", "per_decade"}
