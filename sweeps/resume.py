@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from l2bn.grid import GridError
+from .errors import SweepError
 
 # Run options a resumed sweep applies (Tune itself would keep the first run's) and the ones
 # it cannot change: each restored trial keeps the resources it was created with.
@@ -32,13 +32,13 @@ def run_options(opts: Any) -> dict[str, Any]:
 
 
 def resume_changes(store: Any, opts: Any) -> list[str]:
-    """What this resume changes ('--max-failures: 0 -> 2'); GridError for an option it cannot
+    """What this resume changes ('--max-failures: 0 -> 2'); SweepError for an option it cannot
     change. Records this run's options in sweep.json for the next resume."""
     meta = store.read_meta() or {}
     old, new = meta.get("options") or {}, run_options(opts)
     for key, flag in FIXED_ON_RESUME.items():
         if key in old and old[key] != new[key]:
-            raise GridError(f"{flag} {_shown(new[key])} differs from the {_shown(old[key])} the "
+            raise SweepError(f"{flag} {_shown(new[key])} differs from the {_shown(old[key])} the "
                             f"sweep '{opts.name}' started with, and resumed Tune trials keep "
                             f"their resources and members: rerun with {flag} "
                             f"{_shown(old[key])}, or pass a new --name")
@@ -58,7 +58,7 @@ def apply_run_options(tuner: Any, opts: Any, callbacks: list) -> None:
 
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None or not hasattr(internal, "_tune_config"):
-        raise GridError("this Ray version's Tuner cannot take new options on resume: rerun "
+        raise SweepError("this Ray version's Tuner cannot take new options on resume: rerun "
                         "with the first run's flags, or pass a new --name")
     run_config = internal.get_run_config()
     run_config.callbacks = [*callbacks, TrialSettings(opts.max_failures, opts.keep_checkpoints)]

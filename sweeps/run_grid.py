@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
+from sweeps.errors import SweepError  # noqa: E402
 from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
@@ -79,14 +80,14 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
     try:
         old = store.read_meta()
     except ValueError as exc:
-        raise GridError(f"{exc}: cannot tell which grid the sweep '{opts.name}' ran; pass a new "
+        raise SweepError(f"{exc}: cannot tell which grid the sweep '{opts.name}' ran; pass a new "
                         "--name (or delete the sweep's folder)") from None
     if old is None:
         store.write_meta({"name": opts.name, "n_trials": len(ids), "trial_ids": ids,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                           "grid": opts.grid_source, "options": run_options(opts)})
     elif old.get("trial_ids") != ids:
-        raise GridError(
+        raise SweepError(
             f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
             f"({old.get('n_trials')} trials; this one has {len(ids)}). Tune cannot change a "
             "sweep's grid: pass a new --name (or delete the old sweep)")
@@ -177,7 +178,7 @@ def parse_fuse(value: str, gpus_per_trial: float) -> int | None:
     if value == "auto":
         return None if gpus_per_trial > 0 else 1
     if not value.isdigit() or int(value) < 1:
-        raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
+        raise SweepError(f"--fuse expects a positive integer or 'auto', got {value!r}")
     return int(value)
 
 
@@ -187,7 +188,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise GridError(f"--set expects key=value, got {item!r}")
+            raise SweepError(f"--set expects key=value, got {item!r}")
         out[key.strip()] = parse_value(value)
     return out
 
@@ -249,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
         grid = load_grid(args.grid, overrides)
         configs = grid.configs()
-    except GridError as exc:
+    except (GridError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         fuse = parse_fuse(args.fuse, args.gpus_per_trial)
-    except GridError as exc:
+    except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sizes = [len(g) for g in groups(configs, fuse)]
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     try:
         outcome = run_sweep(configs, opts)
-    except GridError as exc:
+    except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return report_outcome(outcome)

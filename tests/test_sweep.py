@@ -14,10 +14,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from l2bn.config import TrialConfig
-from l2bn.grid import GridError, load_grid
+from l2bn.grid import load_grid
 from l2bn.schema import HISTORY_SCHEMA, TRIALS_SCHEMA
 from l2bn.store import ResultStore
 from l2bn.train import train
+from sweeps.errors import SweepError
 from sweeps.run_grid import SweepOptions, check_same_grid, storage_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_storage_root_and_grid_fingerprint(tmp_path, monkeypatch):
     smoke = load_grid("smoke").configs()
     check_same_grid(store, smoke, opts)  # first run: records the grid
     check_same_grid(store, list(reversed(smoke)), opts)  # same grid: fine
-    with pytest.raises(GridError, match="--name"):
+    with pytest.raises(SweepError, match="--name"):
         check_same_grid(store, load_grid("smoke", {"epochs": 2}).configs(), opts)
 
 
@@ -174,7 +175,7 @@ def test_corrupt_sweep_json_is_one_clear_error(tmp_path):
     (tmp_path / "smoke" / "sweep.json").write_text('{"trial_ids": [')
     store = ResultStore(str(tmp_path), "smoke")
     opts = SweepOptions(name="smoke", storage=str(tmp_path))
-    with pytest.raises(GridError, match="sweep.json is not valid JSON.*--name"):
+    with pytest.raises(SweepError, match="sweep.json is not valid JSON.*--name"):
         check_same_grid(store, load_grid("smoke").configs(), opts)
 
 
@@ -423,5 +424,5 @@ def test_resume_refuses_a_changed_fuse_and_applies_a_changed_max_failures(tmp_pa
     assert resume_changes(store, first) == []  # first run: records its options
     assert resume_changes(store, SweepOptions(name="s", storage=str(tmp_path), fuse=1,
                                               max_failures=0)) == ["--max-failures: 2 -> 0"]
-    with pytest.raises(GridError, match=r"--fuse auto differs from the 1 the sweep 's' started with"):
+    with pytest.raises(SweepError, match=r"--fuse auto differs from the 1 the sweep 's' started with"):
         resume_changes(store, SweepOptions(name="s", storage=str(tmp_path), fuse=None))
