@@ -29,6 +29,7 @@ Every value is validated by TrialConfig; errors name the file, the axis and the 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -396,6 +397,14 @@ def groups(configs: list[TrialConfig], fuse: int | None) -> list[list[TrialConfi
         by_key.setdefault(group_key(cfg), []).append(cfg)
     size = fuse or max(len(g) for g in by_key.values())
     return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
+
+
+def group_name(trial_ids: list[str]) -> str:
+    """A group's name, stable across runs: its one trial id, else `g` + a hash of the ids
+    (Tune's trial name, and the start of its trial folder's name)."""
+    if len(trial_ids) == 1:
+        return trial_ids[0]
+    return "g" + hashlib.sha1(" ".join(trial_ids).encode()).hexdigest()[:11]
 
 
 def summary(configs: list[TrialConfig], grid: Grid | None = None) -> str:

@@ -5,8 +5,9 @@
         --gpus-per-trial 0.25 --cpus-per-trial 2                         # on a Ray cluster
     python sweeps/run_grid.py --grid paper --dry-run                     # count + summary
 
-Running the same command again after the driver died resumes the sweep: finished trials are
-kept, interrupted ones continue from their last epoch's checkpoint, errored ones are retried.
+Running the same command again continues the sweep (its Parquet files are the record):
+finished trials are skipped, interrupted groups continue from their last checkpoint, failed
+ones are retried, and this run's options apply (sweeps/resume.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
 from sweeps.errors import SweepError  # noqa: E402
-from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
+from sweeps.resume import latest_checkpoints, resume_changes, run_options, unfinished_groups  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE = 1, 130, 2
@@ -50,7 +51,7 @@ class SweepOptions:
     progress_interval: float = 30.0
     progress: bool = True                   # print live progress lines
     tensorboard: bool = False               # Tune's TBXLoggerCallback, per-epoch scalars
-    mlflow: str | None = None               # an MLflow tracking URI for Tune's MLflowLoggerCallback
+    mlflow: str | None = None               # an MLflow tracking URI (sweeps/mlflow_logger.py)
     grid_source: str = ""
     fuse: int | None = 1                    # models per Tune trial (None: whole lr x l2 groups)
 
@@ -89,8 +90,8 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
     elif old.get("trial_ids") != ids:
         raise SweepError(
             f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
-            f"({old.get('n_trials')} trials; this one has {len(ids)}). Tune cannot change a "
-            "sweep's grid: pass a new --name (or delete the old sweep)")
+            f"({old.get('n_trials')} trials; this one has {len(ids)}). A sweep's grid cannot "
+            "change: pass a new --name (or delete the old sweep)")
 
 
 def _env_for_workers() -> dict[str, str]:
@@ -100,8 +101,8 @@ def _env_for_workers() -> dict[str, str]:
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
-    """Run (or resume) the configs, one Tune trial per group of at most `opts.fuse` grid points
-    that differ only in lr and l2; return the counted outcome."""
+    """Run (or continue) the configs, one Tune trial per unfinished group of at most `opts.fuse`
+    grid points that differ only in lr and l2; return the counted outcome."""
     # Keep Tune's own files light (our Parquet files are the record) and paths absolute.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -123,13 +124,21 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineTrialErrors())
     store = ResultStore(opts.storage, opts.name)
+    resuming = _readable_meta(store) is not None
     check_same_grid(store, configs, opts)
-    path = f"{opts.storage}/{opts.name}"
-    restoring = Tuner.can_restore(path)
-    changes = resume_changes(store, opts) if restoring else []
+    changes = resume_changes(store, opts)
     watchers = watch_callbacks(opts)
-    if not restoring:
-        store.write_meta({**(store.read_meta() or {}), "options": run_options(opts)})
+    todo = unfinished_groups(store, configs, opts.fuse)
+    earlier = latest_checkpoints(store, todo) if resuming else {}
+    if resuming:
+        left = sum(len(g) for g in todo)
+        print(f"resuming sweep '{opts.name}' from {store.uri()}: {len(configs) - left} of "
+              f"{len(configs)} trials finished; {len(todo)} Tune trials to run, {len(earlier)} "
+              "from a checkpoint", flush=True)
+        for change in changes:
+            print(f"resume applies {change}", flush=True)
+    if not todo:
+        return _outcome(store, configs, 0.0)
     if not ray.is_initialized():
         ray.init(address=opts.address, num_cpus=None if opts.address else opts.num_cpus,
                  runtime_env={"env_vars": _env_for_workers()}, include_dashboard=False,
@@ -138,38 +147,43 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, store=store, overrides=opts.overrides, threads=threads,
                              checkpoint_every=opts.checkpoint_every,
-                             report_keys=WATCHED if watchers else ()),
+                             report_keys=WATCHED if watchers else (), earlier=earlier),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     callbacks = [FailedTrialWriter(store, opts.overrides),
                  CSVLoggerCallback()]  # one small progress.csv per trial, for Tune's ResultGrid
     if opts.progress:
         callbacks.append(Progress(opts.progress_interval))
     callbacks += watchers
-    if restoring:
-        print(f"resuming sweep '{opts.name}' from {path}", flush=True)
-        for change in changes:
-            print(f"resume applies {change}", flush=True)
-        tuner = Tuner.restore(path, trainable=trainable, resume_errored=True)
-        apply_run_options(tuner, opts, callbacks)
-    else:
-        rows = [[c.to_row() for c in group] for group in groups(configs, opts.fuse)]
-        tuner = Tuner(
-            trainable,
-            param_space={"group": tune.grid_search(rows)},
-            tune_config=TuneConfig(reuse_actors=opts.reuse_actors, trial_name_creator=trial_name,
-                                   trial_dirname_creator=trial_dirname),
-            run_config=RunConfig(
-                name=opts.name, storage_path=opts.storage, verbose=0, callbacks=callbacks,
-                failure_config=FailureConfig(max_failures=opts.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=opts.keep_checkpoints)))
+    rows = [[c.to_row() for c in group] for group in todo]
+    tuner = Tuner(  # a fresh Tuner each run: never Tuner.restore (sweeps/resume.py)
+        trainable,
+        param_space={"group": tune.grid_search(rows)},
+        tune_config=TuneConfig(reuse_actors=opts.reuse_actors, trial_name_creator=trial_name,
+                               trial_dirname_creator=trial_dirname),
+        run_config=RunConfig(
+            name=opts.name, storage_path=opts.storage, verbose=0, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=opts.keep_checkpoints)))
     start = time.perf_counter()
     tuner.fit()
-    fit_wall = time.perf_counter() - start
+    return _outcome(store, configs, time.perf_counter() - start)
+
+
+def _readable_meta(store: ResultStore) -> dict[str, Any] | None:
+    """sweep.json as check_same_grid reads it (None for a new sweep)."""
+    try:
+        return store.read_meta()
+    except ValueError:
+        return None  # check_same_grid names the file
+
+
+def _outcome(store: ResultStore, configs: list[TrialConfig], fit_wall_s: float) -> SweepOutcome:
+    """Each trial's status from its `trials` row ('missing' without one)."""
     statuses = {}
     for cfg in configs:
         row = store.read_trial(cfg.trial_id)
         statuses[cfg.trial_id] = row["status"] if row else "missing"
-    return SweepOutcome(statuses, fit_wall, store.uri())
+    return SweepOutcome(statuses, fit_wall_s, store.uri())
 
 
 def parse_fuse(value: str, gpus_per_trial: float) -> int | None:
@@ -235,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log per-epoch metrics and per-layer norms/angles as TensorBoard scalars "
                         "(Tune's TBXLoggerCallback) into each trial's folder under <storage>/<name>")
     p.add_argument("--mlflow", metavar="URI",
-                   help="log each trial as an MLflow run (Tune's MLflowLoggerCallback) to this "
+                   help="log each Tune trial as an MLflow run (sweeps/mlflow_logger.py) to this "
                         "tracking URI, e.g. file:///path/mlruns or http://mlflow:5000")
     p.add_argument("--progress-interval", type=float, default=_default("progress_interval"),
                   help="seconds between status lines")

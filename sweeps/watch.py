@@ -1,5 +1,5 @@
-"""Where users watch runs: Ray Tune's TensorBoard and MLflow logger callbacks (optional
-packages, the `logging` extra)."""
+"""Where users watch runs: Tune's TensorBoard logger callback and our MLflow callback
+(optional packages, the `logging` extra)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +8,8 @@ from .errors import SweepError
 
 
 def watch_callbacks(opts: Any) -> list:
-    """Tune's TensorBoard and MLflow logger callbacks, as asked for (optional packages: the
-    `logging` extra); SweepError naming the package when it is missing."""
+    """The TensorBoard and MLflow callbacks, as asked for (optional packages: the `logging`
+    extra); SweepError naming the package when it is missing."""
     callbacks = []
     try:
         if opts.tensorboard:
