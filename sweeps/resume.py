@@ -84,7 +84,7 @@ def latest_checkpoints(store: ResultStore, todo: list[list[TrialConfig]]) -> dic
         for folder in _dirs(store.fs, trial_dir):
             if not folder.rsplit("/", 1)[-1].startswith("checkpoint_"):
                 continue
-            info = _checkpoint_info(store.fs, folder)
+            info = _checkpoint_info(store.fs, folder, wanted[name])
             if info and info["trial_ids"] == wanted[name] and info["epoch"] > best.get(name, (-1, ""))[0]:
                 best[name] = (info["epoch"], f"{folder}/{STATE_FILE}")
     return {name: path for name, (_, path) in best.items()}
@@ -98,12 +98,17 @@ def _dirs(fs: pafs.FileSystem, path: str) -> list[str]:
     return sorted(e.path for e in entries if e.type == pafs.FileType.Directory)
 
 
-def _checkpoint_info(fs: pafs.FileSystem, folder: str) -> dict[str, Any] | None:
-    """The checkpoint's group.json if it and state.pt are both there, else None (a folder
-    cut short by a crash, or written before group.json existed: not resumed from)."""
+def _checkpoint_info(fs: pafs.FileSystem, folder: str, members: list[str]) -> dict[str, Any] | None:
+    """The checkpoint's group.json if it and state.pt are both there; None for a folder cut
+    short by a crash. A checkpoint written before group.json existed (one trial folder per
+    group then, --fuse unchanged) counts as `members` at epoch = Tune's checkpoint index, a
+    lower bound of its epoch, so any later checkpoint continuing from it ranks above it."""
     info, state = (fs.get_file_info(f"{folder}/{n}") for n in (CHECKPOINT_INFO, STATE_FILE))
-    if info.type != pafs.FileType.File or state.type != pafs.FileType.File:
+    if state.type != pafs.FileType.File:
         return None
+    if info.type != pafs.FileType.File:
+        index = folder.rsplit("_", 1)[-1]
+        return {"trial_ids": members, "epoch": int(index)} if index.isdigit() else None
     try:
         with fs.open_input_stream(info.path) as f:
             data = json.loads(f.read().decode())

@@ -466,8 +466,12 @@ def test_unfinished_groups_and_their_latest_checkpoints(tmp_path, synthetic_rows
     _checkpoint(sweep / f"{a}_2222_00000" / "checkpoint_000001", [b], 9)  # not its members
     (sweep / f"{a}_3333_00000" / "checkpoint_000000").mkdir(parents=True)  # cut short
     _checkpoint(sweep / f"{done.trial_id}_1111_00001" / "checkpoint_000000", [done.trial_id], 4)
+    for index in (1, 2):  # before group.json: the highest checkpoint index is the latest
+        (sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}").mkdir(parents=True)
+        (sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}" / "state.pt").write_bytes(b"")
     found = latest_checkpoints(store, todo)
-    assert found == {group_name([a]): f"{sweep}/{a}_2222_00000/checkpoint_000000/state.pt"}
+    assert found == {group_name([a]): f"{sweep}/{a}_2222_00000/checkpoint_000000/state.pt",
+                     group_name([b]): f"{sweep}/{b}_0000_00002/checkpoint_000002/state.pt"}
 
 
 @pytest.mark.slow
