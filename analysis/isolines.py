@@ -5,7 +5,7 @@ Observations are the seeds of the cell's used points. Against the seed noise (pu
 the free point means): the along-diagonal test adds one common slope in log2(lr) to a model
 of one mean per diagonal; the across-diagonal test compares those means with one grand mean.
 A rectangular grid rarely puts two points on one diagonal; iso-line grids
-(sweeps/grid.py, `iso: lr`) put all of them there.
+(l2bn/grid.py, `iso: lr`) put all of them there.
 """
 from __future__ import annotations
 

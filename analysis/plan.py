@@ -49,7 +49,7 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
 
 
 def describe(configs: list[TrialConfig]) -> str:
-    """The plan as text for run_grid.py --dry-run."""
+    """The plan as text (`python -m analysis.plan GRID`)."""
     table = plan_cells(configs)
     if table.empty:
         return "collapse forecast: no update=l2 cell with l2 > 0"
@@ -66,6 +66,6 @@ def describe(configs: list[TrialConfig]) -> str:
 if __name__ == "__main__":  # python -m analysis.plan GRID
     import sys
 
-    from sweeps.grid import load_grid
+    from l2bn.grid import load_grid
 
     print(describe(load_grid(sys.argv[1]).configs()))

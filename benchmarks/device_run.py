@@ -44,10 +44,10 @@ from fused_throughput import PAPER_IMAGES, measure  # noqa: E402
 from analysis.compact import compact  # noqa: E402
 from l2bn.config import DATA_SIZES, FUSED_FIELDS, ConfigError, TrialConfig  # noqa: E402
 from l2bn.data import DataError, batch_folder  # noqa: E402
+from l2bn.grid import groups, load_grid  # noqa: E402
 from l2bn.provenance import run_info  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
 from l2bn.train import Trial, resolve_device  # noqa: E402
-from sweeps.grid import groups, load_grid  # noqa: E402
 
 PAPER_GROUPS = 5292 // 49  # the paper grid's lr x l2 groups (sweeps/grids/paper.yaml)
 SLICE = {"optimizer": "sgd", "norm": "batch", "update": "l2", "seed": 0}  # one paper cell
@@ -253,7 +253,7 @@ def _rows_and_models(trial: Trial) -> list[tuple[dict[str, Any], int]]:
 
 
 def write_slice_grid(cfgs: list[TrialConfig], path: Path, name: str) -> None:
-    """The slice as a grid file (sweeps/grid.py's format) that gives exactly these configs."""
+    """The slice as a grid file (l2bn/grid.py's format) that gives exactly these configs."""
     fixed = {k: v for k, v in cfgs[0].to_row().items()
              if k not in FUSED_FIELDS and k not in ("device", "data_dir")}
     grid = {"name": name, "description": "benchmarks/device_run.py: the paper grid's "

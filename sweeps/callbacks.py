@@ -68,22 +68,6 @@ class FailedTrialWriter(Callback):
         return final_row(rows) if rows else None
 
 
-class TrialSettings(Callback):
-    """On a resumed sweep, gives every restored trial this run's retry budget and checkpoint
-    count (Tune restores each trial's own from the first run)."""
-
-    def __init__(self, max_failures: int, keep_checkpoints: int):
-        self.max_failures, self.keep_checkpoints = max_failures, keep_checkpoints
-        self.applied: set[str] = set()
-
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        for trial in trials:
-            if trial.trial_id not in self.applied:
-                trial.max_failures = self.max_failures
-                trial.run_metadata.checkpoint_manager.checkpoint_config.num_to_keep = self.keep_checkpoints
-                self.applied.add(trial.trial_id)
-
-
 def _error_text(trial: Any, limit: int = 2000) -> str:
     """The last line of the trial's error trace (the exception), or a placeholder."""
     text = ""

@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from l2bn.config import TrialConfig
+from l2bn.grid import groups
 from l2bn.store import ResultStore
 
-from .grid import GridError, groups
+from .errors import SweepError
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def parse_fuse(value: str) -> int | None:
     if value == "auto":
         return None
     if not value.isdigit() or int(value) < 1:
-        raise GridError(f"--fuse expects a positive integer or 'auto', got {value!r}")
+        raise SweepError(f"--fuse expects a positive integer or 'auto', got {value!r}")
     return int(value)
 
 
@@ -54,7 +55,7 @@ def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: floa
     try:
         meta = store.read_meta()
     except ValueError as exc:
-        raise GridError(f"{exc}: pass a new --name (or delete the sweep's folder)") from None
+        raise SweepError(f"{exc}: pass a new --name (or delete the sweep's folder)") from None
     if meta and meta.get("options"):
         old = {"fuse": 1, "cpus_per_trial": 1.0, **meta["options"]}  # sweeps from before --fuse
         print(f"--fuse auto: sweep '{store.name}' keeps the --fuse {old['fuse']} and "

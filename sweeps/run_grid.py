@@ -5,8 +5,9 @@
         --gpus-per-trial 0.25 --cpus-per-trial 2                         # on a Ray cluster
     python sweeps/run_grid.py --grid paper --dry-run                     # count + summary
 
-Running the same command again after the driver died resumes the sweep: finished trials are
-kept, interrupted ones continue from their last epoch's checkpoint, errored ones are retried.
+Running the same command again continues the sweep (its Parquet files are the record):
+finished trials are skipped, interrupted groups continue from their last checkpoint, failed
+ones are retried, and this run's options apply (sweeps/resume.py).
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
+from l2bn.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
+from sweeps.errors import SweepError  # noqa: E402
 from sweeps.fuse import available_cpus, parse_fuse, resolve  # noqa: E402
-from sweeps.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
-from sweeps.resume import apply_run_options, resume_changes, run_options  # noqa: E402
+from sweeps.resume import latest_checkpoints, resume_changes, run_options, unfinished_groups  # noqa: E402
 
 DEFAULT_STORAGE = "~/l2bn-sweeps"
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE = 1, 130, 2
@@ -50,7 +52,7 @@ class SweepOptions:
     progress_interval: float = 30.0
     progress: bool = True                   # print live progress lines
     tensorboard: bool = False               # Tune's TBXLoggerCallback, per-epoch scalars
-    mlflow: str | None = None               # an MLflow tracking URI for Tune's MLflowLoggerCallback
+    mlflow: str | None = None               # an MLflow tracking URI (sweeps/mlflow_logger.py)
     grid_source: str = ""
     fuse: int | None = 1                    # models per Tune trial (None: whole lr x l2 groups)
     fuse_probe: dict[str, Any] | None = None  # --fuse auto's measured rates and choice (sweeps/fuse.py)
@@ -81,7 +83,7 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
     try:
         old = store.read_meta()
     except ValueError as exc:
-        raise GridError(f"{exc}: cannot tell which grid the sweep '{opts.name}' ran; pass a new "
+        raise SweepError(f"{exc}: cannot tell which grid the sweep '{opts.name}' ran; pass a new "
                         "--name (or delete the sweep's folder)") from None
     if old is None:
         store.write_meta({"name": opts.name, "n_trials": len(ids), "trial_ids": ids,
@@ -89,10 +91,10 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
                           "grid": opts.grid_source, "options": run_options(opts),
                           "fuse_probe": opts.fuse_probe})
     elif old.get("trial_ids") != ids:
-        raise GridError(
+        raise SweepError(
             f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
-            f"({old.get('n_trials')} trials; this one has {len(ids)}). Tune cannot change a "
-            "sweep's grid: pass a new --name (or delete the old sweep)")
+            f"({old.get('n_trials')} trials; this one has {len(ids)}). A sweep's grid cannot "
+            "change: pass a new --name (or delete the old sweep)")
 
 
 def _env_for_workers() -> dict[str, str]:
@@ -106,8 +108,8 @@ def _env_for_workers() -> dict[str, str]:
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
-    """Run (or resume) the configs, one Tune trial per group of at most `opts.fuse` grid points
-    that differ only in lr and l2; return the counted outcome."""
+    """Run (or continue) the configs, one Tune trial per unfinished group of at most `opts.fuse`
+    grid points that differ only in lr and l2; return the counted outcome."""
     # Keep Tune's own files light (our Parquet files are the record) and paths absolute.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -129,13 +131,21 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineTrialErrors())
     store = ResultStore(opts.storage, opts.name)
+    resuming = _readable_meta(store) is not None
     check_same_grid(store, configs, opts)
-    path = f"{opts.storage}/{opts.name}"
-    restoring = Tuner.can_restore(path)
-    changes = resume_changes(store, opts) if restoring else []
+    changes = resume_changes(store, opts)
     watchers = watch_callbacks(opts)
-    if not restoring:
-        store.write_meta({**(store.read_meta() or {}), "options": run_options(opts)})
+    todo = unfinished_groups(store, configs, opts.fuse)
+    earlier = latest_checkpoints(store, todo) if resuming else {}
+    if resuming:
+        left = sum(len(g) for g in todo)
+        print(f"resuming sweep '{opts.name}' from {store.uri()}: {len(configs) - left} of "
+              f"{len(configs)} trials finished; {len(todo)} Tune trials to run, {len(earlier)} "
+              "from a checkpoint", flush=True)
+        for change in changes:
+            print(f"resume applies {change}", flush=True)
+    if not todo:
+        return _outcome(store, configs, 0.0)
     if not ray.is_initialized():
         # "local": a new instance even where `ray start` left one on this machine (ray.init()
         # would join it, and refuse num_cpus); --address/$RAY_ADDRESS join a cluster.
@@ -146,38 +156,43 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, store=store, overrides=opts.overrides, threads=threads,
                              checkpoint_every=opts.checkpoint_every,
-                             report_keys=WATCHED if watchers else ()),
+                             report_keys=WATCHED if watchers else (), earlier=earlier),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     callbacks = [FailedTrialWriter(store, opts.overrides),
                  CSVLoggerCallback()]  # one small progress.csv per trial, for Tune's ResultGrid
     if opts.progress:
         callbacks.append(Progress(opts.progress_interval))
     callbacks += watchers
-    if restoring:
-        print(f"resuming sweep '{opts.name}' from {path}", flush=True)
-        for change in changes:
-            print(f"resume applies {change}", flush=True)
-        tuner = Tuner.restore(path, trainable=trainable, resume_errored=True)
-        apply_run_options(tuner, opts, callbacks)
-    else:
-        rows = [[c.to_row() for c in group] for group in groups(configs, opts.fuse)]
-        tuner = Tuner(
-            trainable,
-            param_space={"group": tune.grid_search(rows)},
-            tune_config=TuneConfig(reuse_actors=opts.reuse_actors, trial_name_creator=trial_name,
-                                   trial_dirname_creator=trial_dirname),
-            run_config=RunConfig(
-                name=opts.name, storage_path=opts.storage, verbose=0, callbacks=callbacks,
-                failure_config=FailureConfig(max_failures=opts.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=opts.keep_checkpoints)))
+    rows = [[c.to_row() for c in group] for group in todo]
+    tuner = Tuner(  # a fresh Tuner each run: never Tuner.restore (sweeps/resume.py)
+        trainable,
+        param_space={"group": tune.grid_search(rows)},
+        tune_config=TuneConfig(reuse_actors=opts.reuse_actors, trial_name_creator=trial_name,
+                               trial_dirname_creator=trial_dirname),
+        run_config=RunConfig(
+            name=opts.name, storage_path=opts.storage, verbose=0, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=opts.keep_checkpoints)))
     start = time.perf_counter()
     tuner.fit()
-    fit_wall = time.perf_counter() - start
+    return _outcome(store, configs, time.perf_counter() - start)
+
+
+def _readable_meta(store: ResultStore) -> dict[str, Any] | None:
+    """sweep.json as check_same_grid reads it (None for a new sweep)."""
+    try:
+        return store.read_meta()
+    except ValueError:
+        return None  # check_same_grid names the file
+
+
+def _outcome(store: ResultStore, configs: list[TrialConfig], fit_wall_s: float) -> SweepOutcome:
+    """Each trial's status from its `trials` row ('missing' without one)."""
     statuses = {}
     for cfg in configs:
         row = store.read_trial(cfg.trial_id)
         statuses[cfg.trial_id] = row["status"] if row else "missing"
-    return SweepOutcome(statuses, fit_wall, store.uri())
+    return SweepOutcome(statuses, fit_wall_s, store.uri())
 
 
 def describe_fuse(configs: list[TrialConfig], fuse: int | None, flag: str) -> str:
@@ -192,7 +207,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise GridError(f"--set expects key=value, got {item!r}")
+            raise SweepError(f"--set expects key=value, got {item!r}")
         out[key.strip()] = parse_value(value)
     return out
 
@@ -242,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log per-epoch metrics and per-layer norms/angles as TensorBoard scalars "
                         "(Tune's TBXLoggerCallback) into each trial's folder under <storage>/<name>")
     p.add_argument("--mlflow", metavar="URI",
-                   help="log each trial as an MLflow run (Tune's MLflowLoggerCallback) to this "
+                   help="log each Tune trial as an MLflow run (sweeps/mlflow_logger.py) to this "
                         "tracking URI, e.g. file:///path/mlruns or http://mlflow:5000")
     p.add_argument("--progress-interval", type=float, default=_default("progress_interval"),
                   help="seconds between status lines")
@@ -257,22 +272,20 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
         grid = load_grid(args.grid, overrides)
         configs = grid.configs()
-    except GridError as exc:
+    except (GridError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         fuse = parse_fuse(args.fuse)
-    except GridError as exc:
+    except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
-        from analysis.plan import describe  # the collapse check's forecast for this grid
-
         print(summary(configs, grid))
         iso = describe_diagonals(grid.diagonals(configs))
         if iso:
             print(iso)
-        print(describe(configs))
+        print(f"collapse forecast (which cells are decidable): python -m analysis.plan {args.grid}")
         if fuse is None and args.gpus_per_trial <= 0:
             print("--fuse auto: models per Tune trial chosen by a timed probe at sweep start")
         else:
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         choice = resolve(fuse, args.cpus_per_trial, args.gpus_per_trial, configs,
                          ResultStore(storage, name), available_cpus(args.num_cpus), not address)
-    except GridError as exc:
+    except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     opts = SweepOptions(
@@ -305,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
           f", {opts.cpus_per_trial:g} CPUs each -> {opts.storage}/{opts.name}", flush=True)
     try:
         outcome = run_sweep(configs, opts)
-    except GridError as exc:
+    except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return report_outcome(outcome)

@@ -6,12 +6,13 @@ owns the epoch loop, as Ray's own examples do: per epoch it rewrites each member
 Parquet file, then reports to Tune with a checkpoint of the whole group (`Trial.state()`), so
 a retried or resumed group continues after its last finished epoch. At the end it writes
 each member's summary row (completed or diverged). Members whose summary row already says
-completed/diverged are not trained again (a resumed sweep skips finished work even if Tune's
-own experiment state was saved before they finished, or grouped them differently).
+completed/diverged are not trained again. A group that a Tune retry does not restore starts
+from its latest checkpoint of an earlier run when there is one (sweeps/resume.py).
 """
 from __future__ import annotations
 
-import hashlib
+import io
+import json
 import logging
 import os
 import tempfile
@@ -24,12 +25,13 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from l2bn.config import TrialConfig
+from l2bn.grid import group_name
 from l2bn.schema import LAYERS, TEST_COLUMNS, TRAIN_COLUMNS, Row, layer_column
 from l2bn.store import ResultStore
 from l2bn.train import Trial
 
-STATE_FILE = "state.pt"
-FINISHED = ("completed", "diverged")
+from .resume import CHECKPOINT_INFO, FINISHED, STATE_FILE
+
 # With --tensorboard / --mlflow: each member's columns a user watching a run wants as curves.
 WATCHED = ("test_error", "diverged") + TRAIN_COLUMNS[:2] + TEST_COLUMNS[:1] + ("images_per_s",) + tuple(
     layer_column(layer, m) for layer in LAYERS
@@ -47,14 +49,19 @@ def trial_config(config: dict[str, Any], overrides: dict[str, Any] | None = None
     return group_configs(config, overrides)[0]
 
 
-def _restore(cfgs: list[TrialConfig]) -> tuple[Trial, float]:
-    """A Trial over the members of Tune's last checkpoint (else over `cfgs`), loaded from it;
-    and the wall seconds spent so far."""
+def _restore(cfgs: list[TrialConfig], store: ResultStore, earlier: str | None) -> tuple[Trial, float]:
+    """A Trial over the members of the last checkpoint (else over `cfgs`), loaded from it; and
+    the wall seconds spent so far. The checkpoint is Tune's (a retry in this run), else
+    `earlier` (a state.pt on `store.fs` from an earlier run), else none."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), weights_only=False, map_location="cpu")
+    elif earlier is not None:
+        with store.fs.open_input_stream(earlier) as f:
+            saved = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+    else:
         return Trial(cfgs), 0.0
-    with checkpoint.as_directory() as d:
-        saved = torch.load(os.path.join(d, STATE_FILE), weights_only=False, map_location="cpu")
     by_id = {c.trial_id: c for c in cfgs}
     trial = Trial([by_id[t] for t in saved["state"]["trial_ids"]])
     trial.load(saved["state"])
@@ -84,16 +91,20 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None, wall_time_s: 
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save({"state": state, "wall_time_s": wall_time_s}, os.path.join(d, STATE_FILE))
+        with open(os.path.join(d, CHECKPOINT_INFO), "w") as f:  # what a later run looks for
+            json.dump({"trial_ids": state["trial_ids"], "epoch": state["epoch"]}, f)
         tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
 
 def run_trial(config: dict[str, Any], *, store: ResultStore, overrides: dict[str, Any],
-              threads: int, checkpoint_every: int = 1, report_keys: tuple[str, ...] = ()) -> None:
+              threads: int, checkpoint_every: int = 1, report_keys: tuple[str, ...] = (),
+              earlier: dict[str, str] | None = None) -> None:
     """Train one group of grid points as one stack, epoch by epoch: rewrite each member's
     history file, then report to Tune with a checkpoint (the whole group) every
     `checkpoint_every` epochs (plus each member's `report_keys`, for --tensorboard/--mlflow);
-    at the end write each member's summary row. Members whose
-    summary row says completed/diverged are not trained again."""
+    at the end write each member's summary row. Members whose summary row says
+    completed/diverged are not trained again. `earlier`: group name -> the state.pt of its
+    latest checkpoint from an earlier run (resume.latest_checkpoints)."""
     torch.set_num_threads(threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint created" per epoch
     cfgs = group_configs(config, overrides)
@@ -103,7 +114,7 @@ def run_trial(config: dict[str, Any], *, store: ResultStore, overrides: dict[str
     if not todo:
         tune.report({"epoch": cfgs[0].epochs, "models": 0, "diverged": False})
         return
-    trial, wall_before = _restore(todo)
+    trial, wall_before = _restore(todo, store, (earlier or {}).get(_name(config)))
     trial.drop(finished)
     trial.info["ray_node_id"] = ray.get_runtime_context().get_node_id()  # where each epoch ran
     start = time.perf_counter()
@@ -124,13 +135,16 @@ def _member(trial: Trial, trial_id: str) -> int:
     return next(i for i, c in enumerate(trial.cfgs) if c.trial_id == trial_id)
 
 
+def _name(config: dict[str, Any]) -> str:
+    return group_name([c.trial_id for c in group_configs(config)])
+
+
 def trial_name(trial: Any) -> str:
-    """Tune's display name: the l2bn trial id of a group of one, else `g` + a hash of the
-    members' ids (stable across runs)."""
-    ids = [c.trial_id for c in group_configs(trial.config)]
-    return ids[0] if len(ids) == 1 else "g" + hashlib.sha1(" ".join(ids).encode()).hexdigest()[:11]
+    """Tune's display name: the group's name (l2bn.grid.group_name, stable across runs)."""
+    return _name(trial.config)
 
 
 def trial_dirname(trial: Any) -> str:
-    """Tune's per-trial directory: l2bn id plus Tune's id (unique, short)."""
+    """Tune's per-trial directory: the group's name plus Tune's id (unique, short); a later
+    run finds the group's checkpoints by the name before the first '_'."""
     return f"{trial_name(trial)}_{trial.trial_id}"

@@ -1,15 +1,15 @@
-"""Where users watch runs: Ray Tune's TensorBoard and MLflow logger callbacks (optional
-packages, the `logging` extra)."""
+"""Where users watch runs: Tune's TensorBoard logger callback and our MLflow callback
+(optional packages, the `logging` extra)."""
 from __future__ import annotations
 
 from typing import Any
 
-from .grid import GridError
+from .errors import SweepError
 
 
 def watch_callbacks(opts: Any) -> list:
-    """Tune's TensorBoard and MLflow logger callbacks, as asked for (optional packages: the
-    `logging` extra); GridError naming the package when it is missing."""
+    """The TensorBoard and MLflow callbacks, as asked for (optional packages: the `logging`
+    extra); SweepError naming the package when it is missing."""
     callbacks = []
     try:
         if opts.tensorboard:
@@ -21,8 +21,8 @@ def watch_callbacks(opts: Any) -> list:
             check_mlflow(opts.mlflow)
             callbacks.append(GroupMLflowLogger(tracking_uri=opts.mlflow, experiment_name=opts.name))
     except ImportError as exc:
-        raise GridError(f"--tensorboard/--mlflow need {exc.name or exc}: "
-                        'pip install -e ".[logging]"') from None
+        raise SweepError(f"--tensorboard/--mlflow need {exc.name or exc}: "
+                         'pip install -e ".[logging]"') from None
     return callbacks
 
 
@@ -36,4 +36,4 @@ def check_mlflow(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - MlflowException and whatever a store raises
-        raise GridError(f"--mlflow {uri}: {' '.join(str(exc).split())[:1000]}") from None
+        raise SweepError(f"--mlflow {uri}: {' '.join(str(exc).split())[:1000]}") from None

@@ -162,7 +162,7 @@ def test_every_paper_cell_can_be_decided():
     """The paper grid gives every collapse cell >= 6 points over >= 3 lr and l2 values that
     can equilibrate in 100 epochs (rules version 2's forecast; adamw used to have 2 l2)."""
     from analysis.plan import plan_cells
-    from sweeps.grid import load_grid
+    from l2bn.grid import load_grid
 
     table = plan_cells(load_grid("paper").configs())
     assert len(table) == 20 and table["decidable"].all(), table[~table["decidable"]]

@@ -83,7 +83,7 @@ def test_tiny_run_rates_are_the_measured_ones(tiny_run):
 def test_tiny_run_slice_reads_as_a_sweep(tiny_run, tmp_path):
     from analysis.load import load_results
     from analysis.report import main as report_main
-    from sweeps.grid import load_grid
+    from l2bn.grid import load_grid
 
     out, _ = tiny_run
     results = load_results(str(out))

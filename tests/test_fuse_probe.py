@@ -4,9 +4,10 @@ import pytest
 
 from l2bn import probe
 from l2bn.config import TrialConfig
+from l2bn.grid import groups
 from l2bn.store import ResultStore
+from sweeps.errors import SweepError
 from sweeps.fuse import FuseChoice, parse_fuse, resolve
-from sweeps.grid import GridError, groups
 from sweeps.run_grid import SweepOptions, check_same_grid
 
 # Shaped like this machine's measurements at width 8 batch 32 (README "Performance"):
@@ -125,7 +126,7 @@ def test_given_cpus_per_trial_fixes_the_threads_and_a_number_is_not_probed(tmp_p
     # on a GPU auto is whole groups, as before; on a cluster 1, without a probe
     assert resolve(None, None, 0.5, _grid(4, 4), store, 2, local=True) == FuseChoice(None, 1.0)
     assert resolve(None, None, 0.0, _grid(4, 4), store, 2, local=False) == FuseChoice(1, 1.0)
-    with pytest.raises(GridError, match="positive integer"):
+    with pytest.raises(SweepError, match="positive integer"):
         parse_fuse("0")
 
 

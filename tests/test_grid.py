@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from l2bn.config import TrialConfig
-from sweeps.grid import GRID_DIR, GridError, load_grid, log_range, parse_value, summary
+from l2bn.grid import GRID_DIR, GridError, load_grid, log_range, parse_value, summary
 from sweeps.run_grid import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.grid import GridError, load_grid
+from l2bn.grid import GridError, load_grid
 from sweeps.run_grid import main
 
 GRID = """

@@ -1,6 +1,7 @@
 """The sweep runner: Parquet results, progress, and (slow) real Ray Tune runs on real CIFAR-10."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,10 +15,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from l2bn.config import TrialConfig
+from l2bn.grid import load_grid
 from l2bn.schema import HISTORY_SCHEMA, TRIALS_SCHEMA
 from l2bn.store import ResultStore
 from l2bn.train import train
-from sweeps.grid import GridError, load_grid
+from sweeps.errors import SweepError
 from sweeps.run_grid import SweepOptions, check_same_grid, storage_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +94,7 @@ def test_storage_root_and_grid_fingerprint(tmp_path, monkeypatch):
     smoke = load_grid("smoke").configs()
     check_same_grid(store, smoke, opts)  # first run: records the grid
     check_same_grid(store, list(reversed(smoke)), opts)  # same grid: fine
-    with pytest.raises(GridError, match="--name"):
+    with pytest.raises(SweepError, match="--name"):
         check_same_grid(store, load_grid("smoke", {"epochs": 2}).configs(), opts)
 
 
@@ -174,7 +176,7 @@ def test_corrupt_sweep_json_is_one_clear_error(tmp_path):
     (tmp_path / "smoke" / "sweep.json").write_text('{"trial_ids": [')
     store = ResultStore(str(tmp_path), "smoke")
     opts = SweepOptions(name="smoke", storage=str(tmp_path))
-    with pytest.raises(GridError, match="sweep.json is not valid JSON.*--name"):
+    with pytest.raises(SweepError, match="sweep.json is not valid JSON.*--name"):
         check_same_grid(store, load_grid("smoke").configs(), opts)
 
 
@@ -364,64 +366,148 @@ axes:
 """
 
 
-def _restored_trial_settings(sweep: Path) -> tuple[int, int, int]:
-    """(max_failures, num_to_keep, num_failures) of the one trial in Tune's experiment state."""
-    import json
-    import pickle
-
-    state = json.loads(sorted(sweep.glob("experiment_state*.json"))[-1].read_text())
-    trial, meta = (json.loads(x) for x in state["trial_data"][0])
-    manager = pickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
-    return trial["max_failures"], manager.checkpoint_config.num_to_keep, meta["num_failures"]
+def _attempts(stderr: str) -> int:
+    """Failed attempts of a run, from Tune's one log line per failed attempt."""
+    return stderr.count("Trial task failed for trial")
 
 
 @pytest.mark.slow
-def test_resume_honors_changed_flags_and_refuses_changed_resources(tmp_path):
-    """The first run fails (a --data-dir without the batch files, no retries); the resume
-    gets new --max-failures, --keep-checkpoints, --progress-interval and --data-dir, and
-    Tune must use them, not the first run's; a new --cpus-per-trial is refused."""
+def test_resume_applies_changed_flags_and_refuses_a_changed_fuse(tmp_path):
+    """The first run fails (a --data-dir without the batch files, no retries); rerunning it
+    with new --max-failures, --cpus-per-trial, --progress-interval and --data-dir uses them,
+    not the first run's; a new --fuse is refused in one line."""
     grid = tmp_path / "one.yaml"
     grid.write_text(ONE_GRID)
     broken = []
     for name in ("b1", "b2"):
         (tmp_path / name / "cifar-10-batches-py").mkdir(parents=True)
         broken.append(str(tmp_path / name))
-    base = ["--grid", str(grid), "--storage", str(tmp_path / "runs"), "--num-cpus", "1"]
+    base = ["--grid", str(grid), "--storage", str(tmp_path / "runs"), "--num-cpus", "2"]
     first = run_cli(*base, "--data-dir", broken[0], "--max-failures", "0")
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
-    assert _restored_trial_settings(tmp_path / "runs" / "one")[::2] == (0, 1)
+    assert _attempts(first.stderr) == 1
     # Tune's log of the failed attempt is one line, not the worker's traceback
-    assert "Traceback" not in first.stdout + first.stderr
-    assert "Trial task failed for trial" in first.stderr and "DataError" in first.stderr
+    assert "Traceback" not in first.stdout + first.stderr and "DataError" in first.stderr
 
     second = run_cli(*base, "--data-dir", broken[1], "--max-failures", "2",
-                     "--keep-checkpoints", "1", "--progress-interval", "7")
+                     "--cpus-per-trial", "2", "--progress-interval", "7")
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
-    for change in ("--max-failures: 0 -> 2", "--keep-checkpoints: 2 -> 1",
-                   "--progress-interval: 30.0 -> 7.0", f"'data_dir': '{broken[1]}'"):
-        assert change in second.stdout
-    # 1 failure in the first run + 2 retried failures: the new budget was used
-    assert _restored_trial_settings(tmp_path / "runs" / "one") == (2, 1, 3)
-    # the restored failure callback wrote the row with this run's --data-dir
+    assert "resuming sweep 'one'" in second.stdout and "0 of 1 trials finished" in second.stdout
+    for change in ("--max-failures: 0 -> 2", "--cpus-per-trial: 1.0 -> 2.0",
+                   "--progress-interval: 30.0 -> 7.0",
+                   f"--data-dir/--set device: {{'data_dir': '{broken[0]}'}} -> "
+                   f"{{'data_dir': '{broken[1]}'}}"):
+        assert f"resume applies {change}" in second.stdout
+    assert _attempts(second.stderr) == 3  # the new budget: 1 try + 2 retries
+    # the failure callback wrote the row with this run's --data-dir
     failed = read(tmp_path / "runs", "one", "trials").iloc[0]
     assert failed.status == "failed" and failed.data_dir == broken[1]
     assert broken[1] in failed.error
 
-    third = run_cli(*base, "--data-dir", broken[1], "--cpus-per-trial", "2")
+    third = run_cli(*base, "--data-dir", broken[1], "--fuse", "2")
     assert third.returncode == 2, third.stdout[-3000:] + third.stderr[-3000:]
     errors = [ln for ln in third.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
-    assert len(errors) == 1 and "--cpus-per-trial 2 differs from the 1" in errors[0]
+    assert len(errors) == 1 and "--fuse 2 differs from the 1 the sweep 'one'" in errors[0]
 
 
-def test_resume_refuses_a_changed_fuse_and_applies_a_changed_max_failures(tmp_path):
-    """Restored Tune trials keep their members: a resume with another --fuse is one clear
-    error; a changed --max-failures is applied and named."""
+def test_resume_refuses_a_changed_fuse_and_applies_the_other_options(tmp_path):
+    """A group's checkpoints hold its members: another --fuse is one clear error; other
+    options (resources included) are applied and named."""
     from sweeps.resume import resume_changes
 
     store = ResultStore(str(tmp_path), "s")
     first = SweepOptions(name="s", storage=str(tmp_path), fuse=1)
     assert resume_changes(store, first) == []  # first run: records its options
     assert resume_changes(store, SweepOptions(name="s", storage=str(tmp_path), fuse=1,
-                                              max_failures=0)) == ["--max-failures: 2 -> 0"]
-    with pytest.raises(GridError, match=r"--fuse auto differs from the 1 the sweep 's' started with"):
+                                              max_failures=0, gpus_per_trial=0.5)) == [
+        "--max-failures: 2 -> 0", "--gpus-per-trial: 0.0 -> 0.5"]
+    with pytest.raises(SweepError, match=r"--fuse auto differs from the 1 the sweep 's' started with"):
         resume_changes(store, SweepOptions(name="s", storage=str(tmp_path), fuse=None))
+    assert store.read_meta()["options"]["gpus_per_trial"] == 0.5  # the refused run recorded nothing
+
+
+GROUP_GRID = """
+name: group
+fixed: {data: synthetic, epochs: 4, width: 4, batch_size: 64, n_test: 128, device: cpu}
+axes:
+  lr: [0.02, 0.05]
+"""
+
+
+def _checkpoint(folder: Path, trial_ids: list[str], epoch: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "state.pt").write_bytes(b"")
+    (folder / "group.json").write_text(json.dumps({"trial_ids": trial_ids, "epoch": epoch}))
+
+
+def test_unfinished_groups_and_their_latest_checkpoints(tmp_path, synthetic_rows):
+    """Groups with a finished row for every member are skipped; each other group's latest
+    checkpoint (highest epoch over earlier runs' trial folders, whole ones of its members
+    only) is the one a resume continues from."""
+    from l2bn.grid import group_name
+    from sweeps.resume import latest_checkpoints, unfinished_groups
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GROUP_GRID.replace("lr: [0.02, 0.05]", "lr: [0.02, 0.05]\n  l2: [0, 1e-3]"))
+    configs = load_grid(str(grid)).configs()
+    store = ResultStore(str(tmp_path), "s")
+    done = configs[0]
+    store.write_trial({**synthetic_rows[-1], **done.to_row(), "trial_id": done.trial_id}, "completed",
+                      wall_time_s=1.0)
+    todo = unfinished_groups(store, configs, fuse=1)
+    assert [g[0].trial_id for g in todo] == [c.trial_id for c in configs[1:]]
+    pair = unfinished_groups(store, configs, fuse=2)  # one member finished: the group runs
+    assert len(pair) == 2 and pair[0][0] is configs[0]
+
+    a, b = configs[1].trial_id, configs[2].trial_id
+    sweep = tmp_path / "s"
+    _checkpoint(sweep / f"{a}_1111_00000" / "checkpoint_000003", [a], 3)  # an earlier run
+    _checkpoint(sweep / f"{a}_2222_00000" / "checkpoint_000000", [a], 5)  # the latest run
+    _checkpoint(sweep / f"{a}_2222_00000" / "checkpoint_000001", [b], 9)  # not its members
+    (sweep / f"{a}_3333_00000" / "checkpoint_000000").mkdir(parents=True)  # cut short
+    _checkpoint(sweep / f"{done.trial_id}_1111_00001" / "checkpoint_000000", [done.trial_id], 4)
+    for index in (1, 2):  # before group.json: the highest checkpoint index is the latest
+        (sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}").mkdir(parents=True)
+        (sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}" / "state.pt").write_bytes(b"")
+    found = latest_checkpoints(store, todo)
+    assert found == {group_name([a]): f"{sweep}/{a}_2222_00000/checkpoint_000000/state.pt",
+                     group_name([b]): f"{sweep}/{b}_0000_00002/checkpoint_000002/state.pt"}
+
+
+@pytest.mark.slow
+def test_a_rerun_continues_a_group_from_an_earlier_runs_checkpoint(tmp_path):
+    """A checkpoint after epoch 1 left by an earlier run (marked in its history row): the
+    rerun trains epochs 2-4 only, its history keeps the marked row, and Tune keeps
+    --keep-checkpoints 1 of this run's checkpoints."""
+    import torch
+
+    from l2bn.grid import group_name
+    from l2bn.train import Trial
+
+    grid = tmp_path / "group.yaml"
+    grid.write_text(GROUP_GRID)
+    configs = load_grid(str(grid)).configs()
+    storage = tmp_path / "runs"
+    ids = [c.trial_id for c in configs]
+    trial = Trial(configs)
+    trial.run_epoch()
+    state = trial.state()
+    for h in state["histories"]:
+        h[0]["time_s"] = 12345.0  # no real epoch takes this long: marks the checkpoint's row
+    folder = storage / "group" / f"{group_name(ids)}_old_00000" / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    torch.save({"state": state, "wall_time_s": 1.0}, folder / "state.pt")
+    (folder / "group.json").write_text(json.dumps({"trial_ids": ids, "epoch": 1}))
+    ResultStore(str(storage), "group").write_meta({"trial_ids": sorted(ids), "n_trials": 2})
+
+    out = run_cli("--grid", str(grid), "--storage", str(storage), "--num-cpus", "2",
+                  "--fuse", "2", "--keep-checkpoints", "1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 Tune trials to run, 1 from a checkpoint" in out.stdout
+    history = read(storage, "group", "history").set_index(["trial_id", "epoch"]).sort_index()
+    assert len(history) == 2 * 4
+    assert list(history["time_s"].xs(1, level="epoch")) == [12345.0, 12345.0]
+    assert (history["time_s"].drop(1, level="epoch") < 12345.0).all()
+    kept = [p for p in (storage / "group").glob(f"{group_name(ids)}_*/checkpoint_*")
+            if "_old_" not in str(p)]
+    assert len(kept) == 1, kept  # epochs 2, 3 and 4 checkpointed, one kept

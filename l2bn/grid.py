@@ -1,4 +1,5 @@
-"""Grids as data: a YAML file -> the exact list of TrialConfigs it describes (no Ray here).
+"""Grids as data: a YAML file -> the exact list of TrialConfigs it describes (no Ray here;
+the sweep runner and analysis.plan both read grids through it).
 
 Format (also documented at the top of every file in sweeps/grids/):
 
@@ -28,6 +29,7 @@ Every value is validated by TrialConfig; errors name the file, the axis and the 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -41,7 +43,7 @@ import yaml
 from l2bn.config import ConfigError, TrialConfig, check_field, group_key
 from l2bn.theory import iso_slope
 
-GRID_DIR = Path(__file__).resolve().parent / "grids"
+GRID_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "grids"  # the shipped grid files
 FIELDS = tuple(f.name for f in fields(TrialConfig))
 TOP_KEYS = ("name", "description", "fixed", "axes", "exclude")
 RANGE_KEYS = {"start", "stop", "per_decade"}
@@ -400,6 +402,14 @@ def groups(configs: list[TrialConfig], fuse: int | None) -> list[list[TrialConfi
         cuts = [len(g) * i // n for i in range(n + 1)]
         out += [g[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
     return out
+
+
+def group_name(trial_ids: list[str]) -> str:
+    """A group's name, stable across runs: its one trial id, else `g` + a hash of the ids
+    (Tune's trial name, and the start of its trial folder's name)."""
+    if len(trial_ids) == 1:
+        return trial_ids[0]
+    return "g" + hashlib.sha1(" ".join(trial_ids).encode()).hexdigest()[:11]
 
 
 def summary(configs: list[TrialConfig], grid: Grid | None = None) -> str:
