@@ -10,7 +10,7 @@ import pytest
 from analysis.report import FIGURES, main
 from analysis.synthetic import SyntheticSweep, write_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "sweeps" / "run_grid.py"
 
 

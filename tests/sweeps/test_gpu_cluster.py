@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPUS = 2  # declared by the worker node; its CPUs never bind (one per group and spare)
 
 # 6 groups (norm x seed) of 4 members (lr x l2): more groups than a GPU share lets run at once.

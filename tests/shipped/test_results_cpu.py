@@ -16,7 +16,7 @@ from analysis.export import to_json
 from analysis.load import load_results
 from analysis.rules import VERSIONS
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 # name: (trials, history rows, has the per-cell table of issue 11)
 SHIPPED = {"cpu": (176, 704, False), "cpu_adam": (40, 160, False), "v2": (336, 1334, True)}
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "ratio", "l2_effect",

@@ -12,7 +12,7 @@ from conftest import load_script
 
 from l2bn.config import ConfigError, TrialConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(data="synthetic", device="cpu", width=4, batch_size=32, n_test=32)
 
 

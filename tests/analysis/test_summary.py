@@ -4,7 +4,7 @@ from pathlib import Path
 
 from analysis.summary import COLUMNS, main, markdown, rows
 
-CPU = Path(__file__).resolve().parents[1] / "results" / "cpu" / "collapse.json"
+CPU = Path(__file__).resolve().parents[2] / "results" / "cpu" / "collapse.json"
 
 
 def test_one_row_per_cell_with_the_json_numbers():

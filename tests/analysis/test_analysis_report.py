@@ -20,7 +20,7 @@ from analysis.report import FIGURES, build_parser, choose_dynamics, main
 from analysis.rules import rule_texts
 from analysis.synthetic import SyntheticSweep, write_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"sweeps": {"analysis"}, "analysis": {"sweeps"}, "l2bn": {"sweeps", "analysis", "ray"}}
 
 

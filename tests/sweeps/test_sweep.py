@@ -22,7 +22,7 @@ from l2bn.train import train
 from sweeps.errors import SweepError
 from sweeps.run_grid import SweepOptions, check_same_grid, storage_root
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_GRID = [sys.executable, str(REPO / "sweeps" / "run_grid.py")]
 
 
