@@ -22,7 +22,7 @@ from l2bn.schema import CONV_LAYERS, layer_column, layer_columns
 from . import rules as R
 from .equilibrium import last_epoch_drifts
 from .fit import SlopeFit, adjusted_r2, fit_slope, smooth
-from .isolines import iso_line_test
+from .isolines import diagonal_ids, iso_line_test
 from .load import CHANCE_ERROR, Results
 from .outcome import last_evals
 from .stats import FTest, lack_of_fit, two_way
@@ -113,9 +113,12 @@ def equilibrated(points: pd.DataFrame, rule: str = "measured", factor: float = 1
 
 
 def missing_points(points: pd.DataFrame) -> list[str]:
-    """Warnings naming the (lr, l2) grid points absent from each cell's lr x l2 product."""
+    """Warnings naming the (lr, l2) grid points absent from each cell's lr x l2 product (not
+    for an iso-line design, whose points are not meant to fill the rectangle)."""
     out = []
     for cell, p in points.groupby("cell", sort=True):
+        if is_iso_design(p):
+            continue
         have = set(zip(p["lr"], p["l2"], strict=True))
         grid = {(a, b) for a in p["lr"].unique() for b in p["l2"].unique()}
         gone = sorted(grid - have)
@@ -125,6 +128,15 @@ def missing_points(points: pd.DataFrame) -> list[str]:
             out.append(f"{cell}: {len(gone)} of {len(grid)} (lr, l2) grid points have no usable"
                        f" trial: {names}{more}")
     return out
+
+
+def is_iso_design(p: pd.DataFrame) -> bool:
+    """Every point of the cell lies on a diagonal lr^(1/s)*l2 = const with other lr values."""
+    lr, l2 = p["lr"].to_numpy(float), p["l2"].to_numpy(float)
+    if len(p) < 2 or (l2 <= 0).any():
+        return False
+    ids = diagonal_ids(lr, l2, theory.iso_slope(p.iloc[0]["optimizer"]))
+    return bool((pd.Series(lr).groupby(ids).nunique() >= 2).all())
 
 
 def cell_rng(settings: CheckSettings, cell: str) -> np.random.Generator:

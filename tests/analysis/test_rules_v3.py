@@ -150,3 +150,13 @@ def test_rule_changes_shows_each_step_from_2_to_3(tmp_path):
     assert list(collapse) == ["FAIL", "FAIL", "INSUFFICIENT", "INSUFFICIENT", "INSUFFICIENT"]
     assert pd.isna(table.loc[("iso_lines", "sgd/batch/l2"), "+ train_loss=True"])
     assert "| collapse | sgd/batch/l2 | FAIL | FAIL | INSUFFICIENT |" in markdown(table.reset_index())
+
+
+def test_missing_point_warnings_skip_iso_designs():
+    from analysis.collapse import missing_points
+
+    iso = pd.DataFrame(diagonals(SGD_LRS, SGD_PRODUCTS), columns=["lr", "l2"])
+    rect = pd.DataFrame([(a, b) for a in (0.1, 0.2) for b in (0.01, 0.03)][:3], columns=["lr", "l2"])
+    frame = pd.concat([iso.assign(cell="iso"), rect.assign(cell="rect")]).assign(optimizer="sgd")
+    (warning,) = missing_points(frame)
+    assert warning.startswith("rect: 1 of 4") and "(lr=0.2, l2=0.03)" in warning
