@@ -50,9 +50,10 @@ def test_it_needs_a_normalization_and_the_normalized_l2_scope():
 def test_an_added_field_at_its_default_leaves_earlier_trial_ids_unchanged():
     cfg = TrialConfig(optimizer="adam", lr=1e-3, l2=1e-2, seed=2)
     row = {k: v for k, v in cfg.to_row().items()
-           if k not in ("device", "data_dir", "scale_invariant", "precision")}  # before the fields
+           if k not in ("device", "data_dir", "scale_invariant", "precision", "eval_last")}  # before the fields
     before = hashlib.sha1(json.dumps(row, sort_keys=True, default=repr).encode()).hexdigest()[:12]
     assert cfg.trial_id == before
     assert cfg.replace(l2_scope="normalized", scale_invariant=True).trial_id != \
         cfg.replace(l2_scope="normalized").trial_id
     assert cfg.replace(precision="bf16").trial_id != cfg.trial_id
+    assert cfg.replace(eval_last=3).trial_id != cfg.trial_id
