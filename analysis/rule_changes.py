@@ -7,6 +7,7 @@ it judges new data (README "Results").
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 
@@ -60,12 +61,11 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the table; exit 2 with one line when the results are unusable."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m analysis.rule_changes RESULTS", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="python -m analysis.rule_changes", description=__doc__)
+    parser.add_argument("results", help="a sweep's results (local path or URI), e.g. results/v2")
+    args = parser.parse_args(argv)
     try:
-        print(markdown(verdicts(args[0])))
+        print(markdown(verdicts(args.results)))
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,3 +41,15 @@ def load_script(name: str):
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def grid_error(tmp_path: Path, text: str) -> str:
+    """The GridError message of a grid file holding `text` (which must name the file)."""
+    from l2bn.grid import GridError, load_grid
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(GridError) as info:
+        load_grid(str(path)).configs()
+    assert str(path) in str(info.value)
+    return str(info.value)

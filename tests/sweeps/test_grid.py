@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import grid_error
 
 from l2bn.config import TrialConfig
 from l2bn.grid import GRID_DIR, GridError, load_grid, log_range, parse_value, summary
@@ -191,13 +192,8 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_grid_file_fails_naming_file_axis_value(tmp_path, case):
-    text, needles = BAD[case]
-    path = write(tmp_path, text + "\n")
-    with pytest.raises(GridError) as info:
-        load_grid(path).configs()
-    message = str(info.value)
-    assert path in message
-    for needle in needles:
+    message = grid_error(tmp_path, BAD[case][0])
+    for needle in BAD[case][1]:
         assert needle in message, (case, message)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import grid_error
 
-from l2bn.grid import GridError, load_grid
+from l2bn.grid import load_grid
 from sweeps.run_grid import main
 
 GRID = """
@@ -123,13 +124,10 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_iso_axis_fails_in_one_line_naming_file_axis_value(tmp_path, case):
-    text, needles = BAD[case]
-    path = write(tmp_path, text + "\n")
-    with pytest.raises(GridError) as info:
-        load_grid(path).configs()
-    message = str(info.value)
-    assert "\n" not in message and path in message
-    for needle in ["axis 'lr'" if case == "iso on lr" else "axis 'l2'", *needles]:
+    axis = "axis 'lr'" if case == "iso on lr" else "axis 'l2'"
+    message = grid_error(tmp_path, BAD[case][0])
+    assert "\n" not in message
+    for needle in [axis, *BAD[case][1]]:
         assert needle in message, (case, message)
 
 
