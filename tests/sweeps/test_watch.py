@@ -49,7 +49,7 @@ def watched_sweep(tmp_path_factory) -> tuple[Path, str]:
     mlflow_uri = (tmp / "mlruns").as_uri()
     cmd = [sys.executable, str(REPO / "sweeps" / "run_grid.py"), "--grid", str(grid),
            "--storage", str(tmp / "runs"), "--num-cpus", "2", "--tensorboard",
-           "--mlflow", mlflow_uri]
+           "--mlflow", mlflow_uri, "--fuse", "1"]  # a run per trial; fused groups: below
     # MLflow 3 keeps its file store only behind this switch (README: use a server or sqlite)
     env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
