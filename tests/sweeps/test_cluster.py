@@ -13,9 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Epochs of 8,192 images (about 1-2 s each here) so that the 1 s wait after a trial's first epoch
+# lands inside its second one: with 2,048 images, once training got faster, a whole trial could
+# end within that second and the node was lost with nothing left to move.
 GRID = """
 name: nodes
-fixed: {data: cifar10, epochs: 4, n_train: 2048, n_test: 500, width: 8, batch_size: 64}
+fixed: {data: cifar10, epochs: 4, n_train: 8192, n_test: 500, width: 8, batch_size: 64}
 axes:
   lr: [0.05, 0.1]
   seed: [0, 1]
