@@ -42,7 +42,7 @@ class CheckSettings:
     seed: int = 0
     large_l2: float | None = None  # None: from the measured gradient norm (see rule_texts())
     equilibrium: str = "measured"  # or "relaxation" (rules version 1, factor 1) or "all"
-    rules: str = R.RULES_VERSION  # the verdict rules' version (analysis/rules.py)
+    rules: str | R.Version = R.RULES_VERSION  # a version name, or a variant (analysis/rule_changes.py)
 
 
 @dataclass
@@ -373,14 +373,13 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
         trials = with_outcome(trials, results.history, version.outcome_evals)
     points = point_table(trials, settings.equilibrium)
     by_cell = dict(tuple(points.groupby("cell", sort=True)))
-    collapse = collapse_rows(by_cell, settings)
+    collapse = collapse_rows(points, settings)
     collapse_train = None
     if version.train_loss:
         train = trials.assign(error_plot=np.where(trials["diverged_final"], np.log(10),
                                                   trials["train_outcome"]))
-        collapse_train = pd.DataFrame(collapse_rows(
-            dict(tuple(point_table(train, settings.equilibrium).groupby("cell", sort=True))),
-            settings))
+        collapse_train = pd.DataFrame(collapse_rows(point_table(train, settings.equilibrium),
+                                                    settings))
     projection = []
     for p in by_cell.values():
         if p.iloc[0]["update"] == "projection":
@@ -394,9 +393,9 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
                   eq_cells, settings, sens, cell_table(points), collapse_train)
 
 
-def collapse_rows(by_cell: dict[str, pd.DataFrame], settings: CheckSettings) -> list[dict]:
+def collapse_rows(points: pd.DataFrame, settings: CheckSettings) -> list[dict]:
     """collapse_row of every update=l2 cell with some l2 > 0."""
-    return [collapse_row(p, settings) for p in by_cell.values()
+    return [collapse_row(p, settings) for _, p in points.groupby("cell", sort=True)
             if p.iloc[0]["update"] == "l2" and (p["l2"] > 0).any()]
 
 
@@ -413,23 +412,25 @@ def with_outcome(trials: pd.DataFrame, history: pd.DataFrame, k: int) -> pd.Data
     return t
 
 
+def collapse_summary(r: dict, singles: bool) -> str:
+    """'9 pts; s=... [...] vs theory 1; lack-of-fit p ...; adj R^2 1-D ...' (with the lr-only
+    and l2-only models' adjusted R^2 when `singles`)."""
+    summary = f"{r['n_points']} pts"
+    if not np.isfinite(r.get("s", np.nan)):
+        return summary
+    summary += (f"; s={r['s']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs theory "
+                f"{r['s_theory']:g}; lack-of-fit p {r['lof_p']:.3g}; adj R^2 1-D {r['r2adj_1d']:.3f}")
+    return summary + (f", lr-only {r['r2adj_lr']:.3f}, l2-only {r['r2adj_l2']:.3f}" if singles else "")
+
+
 def verdict_table(checks: Checks) -> pd.DataFrame:
     """One row per verdict: check, cell, role, expected, verdict, summary (for every output)."""
     rows = []
     for r in checks.collapse.to_dict("records"):
-        summary = f"{r['n_points']} pts"
-        if np.isfinite(r.get("s", np.nan)):
-            summary += (f"; s={r['s']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs theory "
-                        f"{r['s_theory']:g}; lack-of-fit p {r['lof_p']:.3g}; adj R^2 1-D "
-                        f"{r['r2adj_1d']:.3f}, lr-only {r['r2adj_lr']:.3f}, l2-only "
-                        f"{r['r2adj_l2']:.3f}")
-        rows.append(("collapse", r, summary))
+        rows.append(("collapse", r, collapse_summary(r, singles=True)))
     for r in (checks.collapse_train.to_dict("records")
               if checks.collapse_train is not None else []):
-        summary = f"{r['n_points']} pts" + ("" if not np.isfinite(r.get("s", np.nan)) else (
-            f"; s={r['s']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs theory "
-            f"{r['s_theory']:g}; lack-of-fit p {r['lof_p']:.3g}; adj R^2 1-D {r['r2adj_1d']:.3f}"))
-        rows.append(("collapse_train", r, summary))
+        rows.append(("collapse_train", r, collapse_summary(r, singles=False)))
     for r in checks.collapse.to_dict("records"):
         if "iso_verdict" not in r:
             continue

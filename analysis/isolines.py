@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import rules as R
-from .stats import f_sf
+from .stats import f_sf, sse
 
 
 def diagonal_ids(lr: np.ndarray, l2: np.ndarray, s: float) -> np.ndarray:
@@ -27,15 +27,6 @@ def diagonal_ids(lr: np.ndarray, l2: np.ndarray, s: float) -> np.ndarray:
             current += 1
         ids[i], prev = current, log_p[i]
     return ids
-
-
-def _sse(y: np.ndarray, groups: np.ndarray, x: np.ndarray | None = None) -> float:
-    """Residual SS of y ~ one mean per group (+ one common slope in x)."""
-    X = (groups[:, None] == np.unique(groups)[None, :]).astype(float)
-    if x is not None:
-        X = np.column_stack([X, x])
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    return float(((y - X @ beta) ** 2).sum())
 
 
 def iso_line_test(points: pd.DataFrame, s: float) -> dict:
@@ -56,17 +47,17 @@ def iso_line_test(points: pd.DataFrame, s: float) -> dict:
     point = np.repeat(np.arange(len(p)), n)
     groups, x = np.repeat(diag, n), np.repeat(np.log2(p["lr"].to_numpy(float)), n)
     df_pe = len(y) - len(p)
-    ss_pe = _sse(y, point)
+    ss_pe = sse(y, point)[0]
     if df_pe <= 0 or ss_pe <= 0:
         return row | {"iso_verdict": "INSUFFICIENT", "iso_reason": "no seed noise to test "
                       "against (one seed per point)"}
     ms_pe = ss_pe / df_pe
-    sse_diag, sse_slope = _sse(y, groups), _sse(y, groups, x)
+    sse_diag, sse_slope = sse(y, groups)[0], sse(y, groups, covariate=x)[0]
     x_within = x - pd.Series(x).groupby(groups).transform("mean").to_numpy()
     slope = float((x_within * y).sum() / (x_within ** 2).sum())
     f_along = (sse_diag - sse_slope) / ms_pe
     n_diag = row["n_diagonals"]
-    f_across = (_sse(y, np.zeros(len(y), int)) - sse_diag) / (n_diag - 1) / ms_pe
+    f_across = (sse(y)[0] - sse_diag) / (n_diag - 1) / ms_pe
     means = pd.Series(y).groupby(groups).mean()
     span = float(pd.Series(x).groupby(groups).agg(lambda v: v.max() - v.min()).mean())
     row |= {"iso_slope": slope, "iso_slope_se": float(np.sqrt(ms_pe / (x_within ** 2).sum())),

@@ -37,12 +37,7 @@ def verdicts(uri: str, n_boot: int = 200) -> pd.DataFrame:
     results = load_results(uri)
     table = None
     for label, v in variants():
-        R.VERSIONS[v.name] = v  # registered for this run only
-        try:
-            checks = run_checks(results, CheckSettings(n_boot=n_boot, rules=v.name), False)
-        finally:
-            if v.name not in ("2", "3"):
-                del R.VERSIONS[v.name]
+        checks = run_checks(results, CheckSettings(n_boot=n_boot, rules=v), False)
         col = verdict_table(checks).set_index(["check", "cell"])["verdict"].rename(label)
         table = col.to_frame() if table is None else table.join(col, how="outer")
     return table.reset_index()

@@ -84,8 +84,11 @@ VERSIONS = {
 }
 
 
-def version(name: str = RULES_VERSION) -> Version:
-    """The rules version by name; ValueError naming the known ones."""
+def version(name: str | Version = RULES_VERSION) -> Version:
+    """The rules version by name (a Version is returned as is: a variant, analysis.rule_changes);
+    ValueError naming the known ones."""
+    if isinstance(name, Version):
+        return name
     if name not in VERSIONS:
         raise ValueError(f"unknown rules version {name!r}; known: {sorted(VERSIONS)}")
     return VERSIONS[name]

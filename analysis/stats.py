@@ -85,12 +85,15 @@ def lack_of_fit(errors: list[np.ndarray], fitted: np.ndarray, n_params: int) -> 
                     "lack of fit vs seeds")
 
 
-def _sse(y: np.ndarray, *factors: np.ndarray) -> tuple[float, int]:
-    """Residual SS and dof of the additive least-squares model y ~ factor_1 + ... (dummies)."""
+def sse(y: np.ndarray, *factors: np.ndarray, covariate: np.ndarray | None = None) -> tuple[float, int]:
+    """Residual SS and dof of the additive least-squares model y ~ factor_1 + ... (dummies),
+    plus one common slope in `covariate` if given."""
     cols = [np.ones(len(y))]
     for f in factors:
         levels = np.unique(f)
         cols += [(f == v).astype(float) for v in levels[1:]]
+    if covariate is not None:
+        cols.append(np.asarray(covariate, float))
     X = np.stack(cols, axis=1)
     beta, *_ = np.linalg.lstsq(X, y, rcond=None)
     rank = np.linalg.matrix_rank(X)
@@ -114,13 +117,13 @@ def two_way(y: np.ndarray, lr: np.ndarray, l2: np.ndarray) -> EffectTests:
     classical two-way ANOVA without replicates (additive model)."""
     point = np.unique(np.stack([lr, l2], 1), axis=0, return_inverse=True)[1].ravel()
     replicated = len(np.unique(point)) < len(y)
-    sse_lr, df_lr = _sse(y, lr)
-    sse_l2, df_l2 = _sse(y, l2)
+    sse_lr, df_lr = sse(y, lr)
+    sse_l2, df_l2 = sse(y, l2)
     if replicated:
-        sse_big, df_big = _sse(y, point)
+        sse_big, df_big = sse(y, point)
         label = "vs seeds"
     else:
-        sse_big, df_big = _sse(y, lr, l2)
+        sse_big, df_big = sse(y, lr, l2)
         label = "vs lr x l2 interaction (1 seed)"
     l2_test = nested_f(sse_lr, df_lr, sse_big, df_big, f"l2 effect {label}")
     lr_test = nested_f(sse_l2, df_l2, sse_big, df_big, f"lr effect {label}")
