@@ -97,6 +97,14 @@ class ResultStore:
                 "finished_at": _dt.datetime.now(_dt.timezone.utc)}  # to the ms (schema)
         self._write(TRIALS, row["trial_id"], [full], TRIALS_SCHEMA)
 
+    def trial_ids(self) -> set[str]:
+        """Ids of the trials with a summary row file (one listing of `trials/`, not a look-up
+        per trial: a sweep of thousands on S3 starts without thousands of requests)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(TRIALS), allow_not_found=True))
+        return {i.base_name.removesuffix(".parquet") for i in infos
+                if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                and not i.base_name.startswith((".", "_"))}
+
     def read_trial(self, trial_id: str) -> Row | None:
         """The trial's summary row if it has one."""
         path = self.path(TRIALS, trial_id)

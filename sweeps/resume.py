@@ -65,7 +65,11 @@ def resume_changes(store: ResultStore, opts: Any) -> list[str]:
 def unfinished_groups(store: ResultStore, configs: list[TrialConfig],
                       fuse: int | None) -> list[list[TrialConfig]]:
     """The groups (Tune trials) with at least one member lacking a completed/diverged row."""
+    written = store.trial_ids()
+
     def finished(cfg: TrialConfig) -> bool:
+        if cfg.trial_id not in written:
+            return False
         row = store.read_trial(cfg.trial_id)
         return row is not None and row["status"] in FINISHED
     return [g for g in groups(configs, fuse) if not all(finished(c) for c in g)]

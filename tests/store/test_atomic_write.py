@@ -53,3 +53,16 @@ def test_failed_rewrite_keeps_the_old_file_readable(tmp_path, monkeypatch, kind)
     assert frame["test_error"].tolist() == ([0.5] if kind == "trials" else [0.9, 0.5])
     if kind == "trials":
         assert store.read_trial(CFG.trial_id)["test_error"] == 0.5
+
+
+def test_trial_ids_lists_written_summaries_only(tmp_path):
+    from l2bn.config import TrialConfig
+    from l2bn.schema import config_columns
+    from l2bn.store import ResultStore
+
+    store = ResultStore(str(tmp_path), "s")
+    assert store.trial_ids() == set()  # no trials/ folder yet
+    cfg = TrialConfig(data="synthetic")
+    store.write_trial({**config_columns(cfg), "epoch": 1}, "completed", 1.0)
+    (tmp_path / "s" / "trials" / ".partial.parquet").write_bytes(b"")  # a writer's temp file
+    assert store.trial_ids() == {cfg.trial_id}
