@@ -4,13 +4,15 @@ A short timed probe of a grid's own shape (width, batch, norm, optimizer, augmen
 synthetic images of CIFAR-10's size, run before a sweep starts: for each K and thread count
 t, `cpus // t` processes train side by side (as that many Tune trials would), each timing a
 stack of K models for WINDOW_S seconds after a warm-up, in lockstep. The machine's rate for
-(K, t) is the sum of its processes' model-images per second. About 1 s per (K, t) pair plus
-a few seconds to start the processes on an idle 2-CPU machine; longer on a loaded one. `choose` picks from
-the rates; it is pure, so tests inject the timings. No Ray here.
+(K, t) is the sum of its processes' model-images per second. About 0.3 s per (K, t) pair plus
+about 1 s to start the processes (they import torch) on an idle 2-CPU machine: 3.5 s for 8
+pairs; longer on a loaded one. `choose` picks from the rates; it is pure, so tests inject the
+timings. No Ray here.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import time
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from .config import TrialConfig
 
 PROBE_KS = (1, 4, 8, 16)
-WARMUP_STEPS, STEPS_PER_CALL, WINDOW_S = 2, 2, 0.3  # per (K, threads): steps, steps, seconds
+WARMUP_STEPS, STEPS_PER_CALL, WINDOW_S = 2, 2, 0.2  # per (K, threads): steps, steps, seconds
 TIMEOUT_S = 300  # a probe process that has not reported by then is taken as stuck
 
 
@@ -90,6 +92,9 @@ def _worker(rank: int, row: dict[str, Any], ks: list[int], threads: list[int], c
                     images += cfg.batch_size * STEPS_PER_CALL * k
                 results.put((k, t, images / elapsed))
             barrier.wait()
+    results.close()
+    results.join_thread()  # everything reported: skip torch's teardown at exit (~0.6 s)
+    os._exit(0)
 
 
 def measure(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int,

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -58,15 +61,23 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{platform.machine()}"
 
 
+@functools.cache
+def torchvision_version() -> str:
+    """torchvision.__version__ (with its CUDA tag) read from its version.py, not by importing it:
+    `import torchvision` pulls in torch._dynamo, about 1 s in every trial and probe process."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:  # pragma: no cover - torchvision is a dependency
+        return "missing"
+    path = Path(spec.origin).with_name("version.py")
+    found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)", path.read_text(), re.M) if path.exists() else None
+    return found.group(1) if found else importlib.metadata.version("torchvision")
+
+
 def run_info(device: torch.device) -> dict[str, str]:
     """Columns that make a row explain itself."""
     import torch
 
-    try:
-        import torchvision
-        tv = torchvision.__version__
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        tv = "missing"
+    tv = torchvision_version()
     return {
         "l2bn_version": __version__,
         "torch_version": torch.__version__,

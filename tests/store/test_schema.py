@@ -1,5 +1,8 @@
 """The result format's one owner (l2bn/schema.py): diverged rows, summary rows, synthetic rows."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,3 +88,18 @@ def test_git_rev_says_when_the_working_tree_had_uncommitted_changes(monkeypatch)
         provenance.git_revision.cache_clear()
         assert provenance.git_revision() == expected
     provenance.git_revision.cache_clear()
+
+
+def test_torchvision_version_is_read_without_importing_it():
+    """The recorded version is torchvision.__version__, and a trial's process never imports
+    torchvision for it (that import costs about 1 s per trial and probe process)."""
+    code = ("import sys, torch\n"
+            "from l2bn.config import TrialConfig\n"
+            "from l2bn.train import Trial\n"
+            "Trial([TrialConfig(data='synthetic', width=4, batch_size=8)])\n"
+            "from l2bn.provenance import torchvision_version\n"
+            "print('torchvision' in sys.modules, torchvision_version())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout.split()
+    import torchvision
+    assert out == ["False", torchvision.__version__]
