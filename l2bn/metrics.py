@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import theory
-from .model import scale_groups, unit_norms
+from .model import NORM_FLOOR, scale_groups, unit_norms
 from .schema import layer_column
 
 DEAD_RELATIVE = 0.01  # a group turning < 1% of its layer's angle over an epoch is "dead"
@@ -177,8 +177,10 @@ def layer_metrics(cfg, weights: dict[str, torch.Tensor], tracker: UpdateTracker,
         row[layer_column(name, "rel_update")] = m.get("rel_update", float("nan"))
         row.update(angle_columns(name, m))
         row[layer_column(name, "grad_norm_unit")] = m.get("grad_norm_unit", float("nan"))
-        eff_lr = theory.measured_effective_lr(cfg.optimizer, cfg.lr, units)
-        row[layer_column(name, "eff_lr")] = float(eff_lr.mean())
+        # A unit whose weights are exactly 0 (dead, model.NORM_FLOOR) has no direction to move.
+        live = units[units > NORM_FLOOR]
+        eff_lr = theory.measured_effective_lr(cfg.optimizer, cfg.lr, live)
+        row[layer_column(name, "eff_lr")] = float(eff_lr.mean()) if live.size else float("nan")
         predicted = float("nan")
         if name in normalized and cfg.update == "l2" and cfg.l2 > 0:
             predicted = float(theory.equilibrium_angular_update(

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrize
 
 from .schema import CLASSIFIER, CONV_LAYERS, LAYERS
+
+# Smallest norm a scale-invariant group is divided by (projection and weight norm): a unit
+# whose weights reach exactly 0 (a dead channel's v under Adam's L2, issue 17) then gives 0,
+# not 0/0 = NaN. Like torch.nn.functional.normalize's eps.
+NORM_FLOOR = 1e-12
 
 
 def _norm_layer(norm: str, channels: int, affine: bool = True) -> nn.Module:
@@ -33,13 +38,36 @@ class ConvBlock(nn.Module):
         # A following batch/layer/instance norm removes any bias; weight norm and none keep it.
         bias = norm == "none" or (norm == "weight" and not scale_invariant)
         conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
-        self.conv = parametrizations.weight_norm(conv) if norm == "weight" else conv
+        self.conv = weight_norm(conv) if norm == "weight" else conv
         if norm == "weight" and scale_invariant:
             self.conv.parametrizations.weight.original0.requires_grad_(False)  # g
         self.norm = _norm_layer(norm, c_out, affine=not scale_invariant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.max_pool2d(torch.relu(self.norm(self.conv(x))), 2)
+
+
+class WeightNorm(nn.Module):
+    """w = g * v / ||v|| per output channel (Salimans & Kingma 2016, eq. 2), as
+    torch.nn.utils.parametrizations.weight_norm (same parameters: original0 = g, original1 = v)
+    except that ||v|| is floored at NORM_FLOOR, so a unit whose v reached 0 is 0, not NaN."""
+
+    def forward(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v * (g / channel_norms(v))
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return channel_norms(weight), weight
+
+
+def channel_norms(v: torch.Tensor) -> torch.Tensor:
+    """||v|| per output channel (dim 0, the rest reduced; shape (C, 1, ..., 1)), >= NORM_FLOOR."""
+    return v.flatten(1).norm(dim=1).clamp_min(NORM_FLOOR).view(-1, *[1] * (v.dim() - 1))
+
+
+def weight_norm(conv: nn.Conv2d) -> nn.Conv2d:
+    """conv with its weight reparametrized as WeightNorm's g and v."""
+    parametrize.register_parametrization(conv, "weight", WeightNorm(), unsafe=True)
+    return conv
 
 
 class ConvNet(nn.Module):
@@ -70,7 +98,7 @@ def layer_weight(model: ConvNet, name: str) -> torch.nn.Parameter:
     if name == CLASSIFIER:
         return model.fc.weight
     conv = getattr(model, name).conv
-    if parametrizations.parametrize.is_parametrized(conv, "weight"):
+    if parametrize.is_parametrized(conv, "weight"):
         return conv.parametrizations.weight.original1  # v: the scale-invariant direction
     return conv.weight
 
@@ -115,5 +143,5 @@ def project_(model: ConvNet) -> None:
     output unit u; for layer norm the whole layer is the unit (see whole_layer_group)."""
     for name, weight in normalized_weights(model).items():
         whole = whole_layer_group(model, name)
-        norms = unit_norms(weight, whole).clamp_min(1e-12)
+        norms = unit_norms(weight, whole).clamp_min(NORM_FLOOR)
         weight.div_(norms.view(-1, *([1] * (weight.dim() - 1))) if not whole else norms)

@@ -7,8 +7,8 @@ K models on one shared batch with one kernel per layer:
   replicated); conv2/conv3 are grouped convs with groups=K (HFTA's fused conv);
 - batch norm over K*C channels is batch norm per channel of each model (its running
   statistics are the (K, C) buffers); layer norm GroupNorm(1, C) is GroupNorm(K, K*C);
-  instance norm GroupNorm(C, C) is GroupNorm(K*C, K*C); weight norm is g*v/||v|| computed
-  directly (vmap has no batching rule for aten::_weight_norm);
+  instance norm GroupNorm(C, C) is GroupNorm(K*C, K*C); weight norm is model.WeightNorm's
+  g*v/max(||v||, NORM_FLOOR) computed on the stacked tensors;
 - the classifier is one batched matmul (K, N, F) x (K, F, 10).
 No operation mixes models, so a model whose weights turn non-finite leaves the others alone.
 """
@@ -17,7 +17,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import ConvNet, decayed_weights, layer_weight, normalized_weights, unit_norms, whole_layer_group
+from .model import (
+    NORM_FLOOR,
+    ConvNet,
+    decayed_weights,
+    layer_weight,
+    normalized_weights,
+    unit_norms,
+    whole_layer_group,
+)
 from .schema import CONV_LAYERS, LAYERS
 
 BN_MOMENTUM, NORM_EPS = 0.1, 1e-5  # nn.BatchNorm2d / nn.GroupNorm defaults
@@ -93,8 +101,8 @@ class ModelStack:
             return self.tensor(f"{layer}.conv.weight")
         # g (K, C, 1, 1, 1), v (K, C, Cin, 3, 3)
         g, v = self.tensor(f"{layer}.{WN_G}"), self.tensor(f"{layer}.{WN_V}")
-        # torch._weight_norm(v, g, dim=0) = v * (g / ||v||) per output channel, in that order.
-        return v * (g / v.flatten(2).norm(dim=2)[..., None, None, None])
+        # model.WeightNorm per model: v * (g / max(||v||, NORM_FLOOR)) per output channel.
+        return v * (g / v.flatten(2).norm(dim=2).clamp_min(NORM_FLOOR)[..., None, None, None])
 
     def _block(self, layer: str, x: torch.Tensor, training: bool, groups: int) -> torch.Tensor:
         """ConvBlock of every model: conv3x3 -> norm -> ReLU -> 2x2 max-pool."""
@@ -129,5 +137,5 @@ class ModelStack:
         for layer in self.normalized:
             w = self.params[self.weight_names[layer]]
             whole = layer in self.whole_layer
-            norms = torch.vmap(lambda t, whole=whole: unit_norms(t, whole))(w).clamp_min(1e-12)
+            norms = torch.vmap(lambda t, whole=whole: unit_norms(t, whole))(w).clamp_min(NORM_FLOOR)
             w.div_(norms.view(len(self), -1, *[1] * (w.dim() - 2)))

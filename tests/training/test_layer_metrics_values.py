@@ -126,3 +126,16 @@ def test_training_row_metrics_match_the_weights_step_by_step(monkeypatch):
         rms = math.sqrt(np.mean(np.square(angles)))  # the theory fixes the mean squared angle
         assert row[f"{name}_angular_update"] == pytest.approx(rms, rel=2e-3)
         assert 1e-4 < np.mean(angles) < 0.5
+
+
+def test_the_effective_lr_leaves_out_units_whose_weights_are_zero():
+    """A unit at exactly 0 (a dead weight-norm direction, model.NORM_FLOOR) has no effective LR:
+    the column is the mean over the other units, hand-computed, not inf."""
+    from l2bn.metrics import UpdateTracker, layer_metrics
+
+    w = torch.ones(3, 2, 1, 1)
+    w[1] = 0.0
+    w[2] *= 2.0  # unit norms sqrt(2), 0, 2*sqrt(2)
+    cfg = TrialConfig(data="synthetic", lr=0.1)
+    row = layer_metrics(cfg, {"conv2": w}, UpdateTracker({"conv2": w}), {"conv2"})
+    assert row["conv2_eff_lr"] == pytest.approx((0.1 / 2 + 0.1 / 8) / 2)

@@ -50,3 +50,46 @@ def test_parameter_count_by_hand():
     assert sum(p.numel() for p in ConvNet("none", W).parameters()) == count - 28
     out = ConvNet("batch", W)(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 10)
+
+
+def test_weight_norm_equals_torchs_and_keeps_its_parameter_names():
+    """model.WeightNorm is torch's weight_norm (float64: values and gradients agree to 1e-12)
+    under the same parameter names, so checkpoints written before issue 17 still load."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    ours = ConvNet("weight", width=W).double()
+    theirs = ConvNet("batch", width=W).double()  # the same net with torch's weight norm
+    for name in CHANNELS:
+        block = getattr(theirs, name)
+        block.conv = parametrizations.weight_norm(torch.nn.Conv2d(*CHANNELS[name], 3, padding=1))
+        block.norm = torch.nn.Identity()
+    theirs.double().load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for net in (ours, theirs):
+        net(x).square().sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_a_weight_norm_unit_whose_v_is_zero_is_zero_not_nan():
+    """Issue 17: Adam's L2 step drove dead channels' v to exactly 0 and g*v/||v|| = 0/0 made the
+    whole trial NaN. With the floor that unit's weight is 0 and every gradient stays finite,
+    one model or a fused stack alike."""
+    from l2bn.stack import WN_V, ModelStack
+
+    torch.manual_seed(0)
+    net = ConvNet("weight", width=W)
+    v = net.conv2.conv.parametrizations.weight.original1
+    with torch.no_grad():
+        v[3] = 0.0
+    w = net.conv2.conv.weight
+    assert torch.all(w[3] == 0) and torch.isfinite(w).all()
+    x = torch.randn(4, 3, 32, 32)
+    net(x).square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    stack = ModelStack(net, 2)
+    assert torch.all(stack.params[f"conv2.{WN_V}"][:, 3] == 0)
+    stack.forward(x, training=True).square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in stack.params.values())
