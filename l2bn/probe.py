@@ -8,20 +8,35 @@ stack of K models for WINDOW_S seconds after a warm-up, in lockstep. The machine
 about 1 s to start the processes (they import torch) on an idle 2-CPU machine: 3.5 s for 8
 pairs; longer on a loaded one. `choose` picks from the rates; it is pure, so tests inject the
 timings. No Ray here.
+
+The rates are cached per machine, software and shape (`cache_key`) in
+$L2BN_CACHE/probe.json (default ~/.cache/l2bn): a later sweep of the same shape on the same
+machine reuses them instead of probing again (--reprobe measures anew).
 """
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
+import json
 import multiprocessing as mp
 import os
+import platform
 import queue
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import TrialConfig
 
 PROBE_KS = (1, 4, 8, 16)
 WARMUP_STEPS, STEPS_PER_CALL, WINDOW_S = 2, 2, 0.2  # per (K, threads): steps, steps, seconds
 TIMEOUT_S = 300  # a probe process that has not reported by then is taken as stuck
+# The TrialConfig fields a step's cost depends on (lr, l2, seed, epochs, data do not).
+SHAPE_FIELDS = ("optimizer", "norm", "update", "l2_scope", "batch_size", "width", "augment",
+                "scale_invariant", "precision", "device")
+CACHE_FILE = "probe.json"
 
 
 def candidate_ks(group_size: int, ks: tuple[int, ...] = PROBE_KS) -> list[int]:
@@ -117,3 +132,68 @@ def measure(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int,
     for p in procs:
         p.join()
     return {(k, t): sum(r for kk, tt, r in got if (kk, tt) == (k, t)) for k in ks for t in threads}
+
+
+def cache_key(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int) -> str:
+    """What the measured rates depend on: the machine, the software, the probed shape and the
+    candidates, as one JSON string."""
+    from .provenance import git_revision
+
+    return json.dumps({
+        "host": socket.gethostname(), "machine": platform.machine(), "cpu": _cpu_model(),
+        "cpus": cpus, "torch": importlib.metadata.version("torch"), "l2bn": __version__,
+        "git_rev": git_revision(), "layout": os.environ.get("L2BN_LAYOUT", "channels_last"),
+        "shape": {f: getattr(cfg, f) for f in SHAPE_FIELDS}, "ks": ks, "threads": threads,
+    }, sort_keys=True)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cache_path() -> Path:
+    """$L2BN_CACHE/probe.json (default ~/.cache/l2bn/probe.json), beside downloaded data."""
+    from .data import default_cache_dir
+
+    return default_cache_dir() / CACHE_FILE
+
+
+def cached(key: str) -> dict[str, Any] | None:
+    """The cached probe for `key` ({"rates": {(K, t): rate}, "measured": UTC time,
+    "seconds": probe time}), or None; an unreadable cache counts as empty."""
+    try:
+        entry = json.loads(cache_path().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not entry:
+        return None
+    return {**entry, "rates": {(k, t): r for k, t, r in entry["rates"]}}
+
+
+def remember(key: str, rates: dict[tuple[int, int], float], seconds: float) -> str:
+    """Add a probe's rates to the cache (atomically: a crash leaves the old file); returns
+    the time it records. A cache that cannot be written is skipped: it only saves time."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    path = cache_path()
+    try:
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = {"rates": [[k, t, r] for (k, t), r in sorted(rates.items())],
+                    "measured": now, "seconds": round(seconds, 1)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return now

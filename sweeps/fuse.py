@@ -5,6 +5,8 @@ measured: l2bn/probe.py times the grid's own shape for a few K (models per stack
 counts before Tune starts, and the fastest (K, threads) sets --fuse and, unless given,
 --cpus-per-trial; the rates and the choice go into sweep.json. A sweep that exists already
 keeps the fuse and threads it started with (its Tune trials were made by the first run).
+A new sweep of a shape this machine probed before reuses those rates (l2bn/probe.py's cache;
+--reprobe measures again) and chooses from them for its own groups.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def available_cpus(num_cpus: int | None) -> int:
 
 
 def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: float,
-            configs: list[TrialConfig], store: ResultStore, cpus: int, local: bool) -> FuseChoice:
+            configs: list[TrialConfig], store: ResultStore, cpus: int, local: bool,
+            reprobe: bool = False) -> FuseChoice:
     """The sweep's fuse and CPUs per trial (see the module docstring); cpus_per_trial None:
     not given. Probes only for auto, on CPUs, on a local instance, for a new sweep."""
     cpus_given = cpus_per_trial
@@ -66,12 +69,15 @@ def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: floa
               flush=True)
         return FuseChoice(1, cpus_per_trial)
     if cpus_given:  # the user's CPUs per trial; torch threads as the trainable sets them
-        return replace(probe(configs, cpus, max(1, int(cpus_given))), cpus_per_trial=cpus_given)
-    return probe(configs, cpus, None)
+        return replace(probe(configs, cpus, max(1, int(cpus_given)), reprobe),
+                       cpus_per_trial=cpus_given)
+    return probe(configs, cpus, None, reprobe)
 
 
-def probe(configs: list[TrialConfig], cpus: int, threads: int | None) -> FuseChoice:
-    """Time the grid's shape (l2bn.probe), print the rates, and choose (K, threads)."""
+def probe(configs: list[TrialConfig], cpus: int, threads: int | None,
+          reprobe: bool = False) -> FuseChoice:
+    """Time the grid's shape (l2bn.probe; or reuse this machine's cached rates for it unless
+    `reprobe`), print the rates, and choose (K, threads)."""
     from l2bn import probe as p
 
     ks = p.candidate_ks(max(len(g) for g in groups(configs, None)))
@@ -79,25 +85,33 @@ def probe(configs: list[TrialConfig], cpus: int, threads: int | None) -> FuseCho
     if len(ks) * len(ts) == 1:  # nothing to choose between
         return FuseChoice(ks[0], float(ts[0]), {"k": ks[0], "threads": ts[0], "cpus": cpus,
                                                 "seconds": 0.0, "rates": []})
-    start = time.perf_counter()
-    try:
-        rates = p.measure(configs[0], ks, ts, cpus)
-    except RuntimeError as exc:
-        print(f"--fuse auto: 1 (the probe failed: {exc})", flush=True)
-        return FuseChoice(1, float(threads or 1))
-    took = time.perf_counter() - start
+    key = p.cache_key(configs[0], ks, ts, cpus)
+    hit = None if reprobe else p.cached(key)
+    if hit:
+        rates, took, measured = hit["rates"], 0.0, hit["measured"]
+        how = f"reused the probe of {measured} ({len(rates)} (K, threads) pairs; --reprobe measures again)"
+    else:
+        start = time.perf_counter()
+        try:
+            rates = p.measure(configs[0], ks, ts, cpus)
+        except RuntimeError as exc:
+            print(f"--fuse auto: 1 (the probe failed: {exc})", flush=True)
+            return FuseChoice(1, float(threads or 1))
+        took = time.perf_counter() - start
+        measured = p.remember(key, rates, took)
+        how = f"probed {len(rates)} (K, threads) pairs in {took:.1f} s"
     sizes = {k: [len(g) for g in groups(configs, k)] for k in ks}
     k, t = p.choose(rates, sizes, cpus)
     rows = [{"k": kk, "threads": tt, "concurrent": max(1, cpus // tt),
              "model_images_per_s": round(r, 1), "tune_trials": len(sizes[kk]),
              "slot_use": round(p.slot_use(sizes[kk], max(1, cpus // tt)), 3)}
             for (kk, tt), r in sorted(rates.items())]
-    print(f"--fuse auto: probed {len(rates)} (K, threads) pairs in {took:.1f} s on {cpus} CPUs "
-          "(model-images/s of the machine):", flush=True)
+    print(f"--fuse auto: {how} on {cpus} CPUs (model-images/s of the machine):", flush=True)
     for r in rows:
         mark = "  <- chosen" if (r["k"], r["threads"]) == (k, t) else ""
         print(f"  K={r['k']:<3} threads={r['threads']} x {r['concurrent']} trials: "
               f"{r['model_images_per_s']:9.0f}, {r['tune_trials']} Tune trials keep "
               f"{r['slot_use']:.0%} of the slots busy{mark}", flush=True)
-    record = {"k": k, "threads": t, "cpus": cpus, "seconds": round(took, 1), "rates": rows}
+    record = {"k": k, "threads": t, "cpus": cpus, "seconds": round(took, 1), "rates": rows,
+              "measured": measured, "reused": bool(hit)}
     return FuseChoice(k, float(threads or t), record)

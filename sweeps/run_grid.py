@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per Tune trial; 1 = one model per trial; auto = whole lr x l2 groups "
                         "with --gpus-per-trial > 0, else the models per stack and threads per "
                         "trial that a few-second probe at sweep start measured fastest")
+    p.add_argument("--reprobe", action="store_true",
+                   help="--fuse auto: measure again instead of reusing this machine's cached "
+                        "probe of the same shape ($L2BN_CACHE/probe.json)")
     p.add_argument("--cpus-per-trial", type=float,
                    help="CPUs (and torch threads) per Tune trial; default: --fuse auto's "
                         f"choice on CPUs, else {_default('cpus_per_trial'):g}")
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     name, storage = args.name or grid.name, storage_root(args.storage)
     try:
         choice = resolve(fuse, args.cpus_per_trial, args.gpus_per_trial, configs,
-                         ResultStore(storage, name), available_cpus(args.num_cpus), not address)
+                         ResultStore(storage, name), available_cpus(args.num_cpus), not address,
+                         args.reprobe)
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

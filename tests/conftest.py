@@ -20,6 +20,13 @@ def _cifar_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty $L2BN_CACHE (downloads, --fuse auto's cached probe), so no test
+    reads what another test or a real sweep on this machine left in ~/.cache/l2bn."""
+    monkeypatch.setenv("L2BN_CACHE", str(tmp_path_factory.mktemp("l2bn-cache")))
+
+
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
     """A directory holding cifar-10-batches-py, or skip."""

@@ -81,7 +81,7 @@ def test_threads_follow_the_measured_rates_and_the_slots_the_grid_fills():
     assert probe.choose({(4, 1): 14000, (4, 2): 11000}, {4: [4, 4, 4]}, cpus=2) == (4, 2)
 
 
-def _resolve(tmp_path, monkeypatch, rates, cpus_per_trial=None, configs=None):
+def _resolve(tmp_path, monkeypatch, rates, cpus_per_trial=None, configs=None, reprobe=False):
     calls = []
 
     def fake_measure(cfg, ks, threads, cpus, window_s=0.5):
@@ -91,7 +91,8 @@ def _resolve(tmp_path, monkeypatch, rates, cpus_per_trial=None, configs=None):
     monkeypatch.setattr(probe, "measure", fake_measure)
     configs = configs or _grid(8, 4)  # one group of 32 points
     store = ResultStore(str(tmp_path), "s")
-    return resolve(None, cpus_per_trial, 0.0, configs, store, 2, local=True), calls, configs, store
+    return (resolve(None, cpus_per_trial, 0.0, configs, store, 2, local=True, reprobe=reprobe),
+            calls, configs, store)
 
 
 def test_auto_records_the_probe_in_sweep_json_and_a_resume_keeps_it(tmp_path, monkeypatch, capsys):
@@ -145,3 +146,24 @@ def test_a_real_probe_reports_model_images_per_second():
     rates = probe.measure(cfg, [1, 2], [1], cpus=2, window_s=0.05)
     assert set(rates) == {(1, 1), (2, 1)}
     assert all(10 < r < 1e7 for r in rates.values()), rates
+
+
+def test_a_new_sweep_of_the_same_shape_reuses_the_cached_probe(tmp_path, monkeypatch, capsys):
+    """The rates are cached per machine and shape: a new sweep of that shape measures nothing
+    and chooses from them for its own groups; --reprobe, another shape or a broken cache
+    file measure again."""
+    first, calls, _, _ = _resolve(tmp_path / "a", monkeypatch, WIDTH8)
+    assert calls and not first.probe["reused"] and (first.fuse, first.cpus_per_trial) == (16, 1.0)
+    # same shape, groups of 16: one trial of 16 cannot fill two slots -> K = 8 (see above)
+    again, calls, _, store = _resolve(tmp_path / "b", monkeypatch, WIDE, configs=_grid(4, 4))
+    assert calls == [] and again.probe["reused"] and again.fuse == 8
+    assert again.probe["measured"] == first.probe["measured"] and again.probe["seconds"] == 0.0
+    assert "reused the probe of " + first.probe["measured"] in capsys.readouterr().out
+    _, calls, _, _ = _resolve(tmp_path / "c", monkeypatch, WIDE, reprobe=True)
+    assert len(calls) == 1
+    _, calls, _, _ = _resolve(tmp_path / "d", monkeypatch, WIDE, configs=_grid(8, 4, width=16))
+    assert len(calls) == 1
+    probe.cache_path().write_text("not json")
+    fresh, calls, _, _ = _resolve(tmp_path / "e", monkeypatch, WIDE)
+    assert len(calls) == 1 and fresh.fuse == 1  # WIDE measured anew: one model per stack
+    assert probe.cached(probe.cache_key(_grid(1, 1)[0], [1, 4, 8, 16], [1, 2], 2))["rates"] == WIDE
