@@ -361,5 +361,18 @@ def report_outcome(outcome: SweepOutcome) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Stop Ray, flush, and end the process without the interpreter's teardown: with torch,
+    pyarrow and ray loaded it takes about 1 s after all work is done (every file is written
+    and closed by then)."""
+    ray = sys.modules.get("ray")  # not imported by a dry run or an error before Tune
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
