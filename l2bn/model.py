@@ -59,9 +59,11 @@ class WeightNorm(nn.Module):
         return channel_norms(weight), weight
 
 
-def channel_norms(v: torch.Tensor) -> torch.Tensor:
-    """||v|| per output channel (dim 0, the rest reduced; shape (C, 1, ..., 1)), >= NORM_FLOOR."""
-    return v.flatten(1).norm(dim=1).clamp_min(NORM_FLOOR).view(-1, *[1] * (v.dim() - 1))
+def channel_norms(v: torch.Tensor, lead: int = 1) -> torch.Tensor:
+    """||v|| per output channel, >= NORM_FLOOR: over every dim after the first `lead` (1: one
+    weight (C, ...); 2: a stack of K weights (K, C, ...)), kept as size-1 dims."""
+    norms = v.flatten(lead).norm(dim=lead).clamp_min(NORM_FLOOR)
+    return norms.view(*v.shape[:lead], *[1] * (v.dim() - lead))
 
 
 def weight_norm(conv: nn.Conv2d) -> nn.Conv2d:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .model import (
     NORM_FLOOR,
     ConvNet,
+    channel_norms,
     decayed_weights,
     layer_weight,
     normalized_weights,
@@ -101,8 +102,7 @@ class ModelStack:
             return self.tensor(f"{layer}.conv.weight")
         # g (K, C, 1, 1, 1), v (K, C, Cin, 3, 3)
         g, v = self.tensor(f"{layer}.{WN_G}"), self.tensor(f"{layer}.{WN_V}")
-        # model.WeightNorm per model: v * (g / max(||v||, NORM_FLOOR)) per output channel.
-        return v * (g / v.flatten(2).norm(dim=2).clamp_min(NORM_FLOOR)[..., None, None, None])
+        return v * (g / channel_norms(v, lead=2))  # model.WeightNorm of each model
 
     def _block(self, layer: str, x: torch.Tensor, training: bool, groups: int) -> torch.Tensor:
         """ConvBlock of every model: conv3x3 -> norm -> ReLU -> 2x2 max-pool."""
