@@ -74,8 +74,7 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
     t["balance"] = (t[ratios].astype(float) ** k[:, None]).mean(axis=1)
     for col in ("norm_drift", "angle_drift", *DEAD_COLUMNS):
         t[col] = t.get(col, pd.Series(np.nan, t.index)).astype(float).where(~t["diverged_final"])
-    if "test_fit" not in t:  # the test outcome of non-diverged trials (the chance guard)
-        t["test_fit"] = t["error_plot"].where(~t["diverged_final"])
+    t["test_fit"] = t["error_plot"].where(~t["diverged_final"])  # for the chance guard
     grad = [c for c in layer_columns("grad_norm_unit", CONV_LAYERS) if c in t]
     t["grad_norm_conv"] = t[grad].astype(float).mean(axis=1) if grad else np.nan
     g = t.groupby(POINT_KEYS, sort=True)
@@ -86,12 +85,8 @@ def point_table(trials: pd.DataFrame, rule: str = "measured") -> pd.DataFrame:
                    norm_drift=("norm_drift", "median"), angle_drift=("angle_drift", "median"),
                    balance=("balance", "mean"), test_mean=("test_fit", "mean"),
                    **{c: (c, "mean") for c in ratios + DEAD_COLUMNS}).reset_index()
-    ok = t[~t["diverged_final"]].groupby(POINT_KEYS, sort=True)["error_plot"].agg(list)
-    points["errors"] = [np.asarray(ok.get(k, []), float)
-                        for k in points[POINT_KEYS].itertuples(index=False, name=None)]
-    points["fit_mean"] = [e.mean() if len(e) else np.nan for e in points["errors"]]
+    points = with_seed_outcomes(points, t, "error_plot")
     points["trial_ids"] = list(g["trial_id"].agg(list))
-    points["error_sd"] = [e.std(ddof=1) if len(e) > 1 else np.nan for e in points["errors"]]
     points["all_diverged"] = points["n_diverged"] == points["n_seeds"]
     points["ang_ratio"] = points[ratios].mean(axis=1)
     points["equilibrated"] = equilibrated(points, rule)
@@ -362,6 +357,17 @@ def sensitivity_table(points: pd.DataFrame, settings: CheckSettings) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def with_seed_outcomes(points: pd.DataFrame, trials: pd.DataFrame, column: str) -> pd.DataFrame:
+    """points with errors (each point's non-diverged seeds' `column`), their fit_mean and
+    error_sd: what the fits use, so one point table serves the test and the train outcome."""
+    ok = trials[~trials["diverged_final"]].groupby(POINT_KEYS, sort=True)[column].agg(list)
+    errors = [np.asarray(ok.get(k, []), float)
+              for k in points[POINT_KEYS].itertuples(index=False, name=None)]
+    return points.assign(errors=errors,
+                         fit_mean=[e.mean() if len(e) else np.nan for e in errors],
+                         error_sd=[e.std(ddof=1) if len(e) > 1 else np.nan for e in errors])
+
+
 def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
                sensitivity: bool = True) -> Checks:
     """All checks on the results' trials (and the slope's sensitivity to the equilibrium
@@ -376,10 +382,10 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
     collapse = collapse_rows(points, settings)
     collapse_train = None
     if version.train_loss:
-        train = trials.assign(error_plot=np.where(trials["diverged_final"], np.log(10),
-                                                  trials["train_outcome"]))
-        collapse_train = pd.DataFrame(collapse_rows(point_table(train, settings.equilibrium),
-                                                    settings))
+        # the same points (equilibrium, drifts, chance guard) judged on the train loss
+        train = trials.assign(train_outcome=trials.get("train_outcome", trials["train_loss"]))
+        collapse_train = pd.DataFrame(collapse_rows(
+            with_seed_outcomes(points, train, "train_outcome"), settings))
     projection = []
     for p in by_cell.values():
         if p.iloc[0]["update"] == "projection":
@@ -401,14 +407,13 @@ def collapse_rows(points: pd.DataFrame, settings: CheckSettings) -> list[dict]:
 
 def with_outcome(trials: pd.DataFrame, history: pd.DataFrame, k: int) -> pd.DataFrame:
     """Trials judged on the mean of their last k evaluations (outcome.last_evals): error_plot
-    and test_fit from the test error, train_outcome from the train loss; a trial without
-    usable history keeps its final row's values."""
+    from the test error, train_outcome from the train loss; a trial without usable history
+    keeps its final row's values."""
     t = trials.drop(columns=["test_outcome", "train_outcome", "n_evals"], errors="ignore")
     t = t.merge(last_evals(history, k), on="trial_id", how="left")
     test = t["test_outcome"].fillna(t["test_error"].astype(float))
     t["train_outcome"] = t["train_outcome"].fillna(t["train_loss"].astype(float))
     t["error_plot"] = np.where(t["diverged_final"], CHANCE_ERROR, test)
-    t["test_fit"] = test.where(~t["diverged_final"])
     return t
 
 
