@@ -17,7 +17,8 @@ from l2bn.provenance import VERSIONS, run_info
 from l2bn.schema import HISTORY, Row, config_columns, final_row
 from l2bn.store import ResultStore
 
-from .trainable import FINISHED, group_configs, trial_config
+from .resume import finished_ids
+from .trainable import group_configs, trial_config
 
 
 class OneLineTrialErrors(logging.Filter):
@@ -42,9 +43,10 @@ class FailedTrialWriter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _error_text(trial)
-        for cfg in group_configs(trial.config, self.overrides):
-            done = self.store.read_trial(cfg.trial_id)
-            if done is not None and done["status"] in FINISHED:
+        cfgs = group_configs(trial.config, self.overrides)
+        done = finished_ids(self.store, [c.trial_id for c in cfgs])
+        for cfg in cfgs:
+            if cfg.trial_id in done:
                 continue  # a member that finished before the group failed keeps its row
             row = self._last_row(cfg.trial_id)
             if row is None:  # failed before its first epoch: config and the driver's versions

@@ -85,21 +85,12 @@ def probe(configs: list[TrialConfig], cpus: int, threads: int | None,
     if len(ks) * len(ts) == 1:  # nothing to choose between
         return FuseChoice(ks[0], float(ts[0]), {"k": ks[0], "threads": ts[0], "cpus": cpus,
                                                 "seconds": 0.0, "rates": []})
-    key = p.cache_key(configs[0], ks, ts, cpus)
-    hit = None if reprobe else p.cached(key)
-    if hit:
-        rates, took, measured = hit["rates"], 0.0, hit["measured"]
-        how = f"reused the probe of {measured} ({len(rates)} (K, threads) pairs; --reprobe measures again)"
-    else:
-        start = time.perf_counter()
-        try:
-            rates = p.measure(configs[0], ks, ts, cpus)
-        except RuntimeError as exc:
-            print(f"--fuse auto: 1 (the probe failed: {exc})", flush=True)
-            return FuseChoice(1, float(threads or 1))
-        took = time.perf_counter() - start
-        measured = p.remember(key, rates, took)
-        how = f"probed {len(rates)} (K, threads) pairs in {took:.1f} s"
+    found = _rates(configs[0], ks, ts, cpus, reprobe)
+    if found is None:
+        return FuseChoice(1, 1.0)
+    rates, took, measured, reused = found
+    how = (f"reused the probe of {measured} ({len(rates)} (K, threads) pairs; --reprobe measures "
+           "again)" if reused else f"probed {len(rates)} (K, threads) pairs in {took:.1f} s")
     sizes = {k: [len(g) for g in groups(configs, k)] for k in ks}
     k, t = p.choose(rates, sizes, cpus)
     rows = [{"k": kk, "threads": tt, "concurrent": max(1, cpus // tt),
@@ -113,5 +104,25 @@ def probe(configs: list[TrialConfig], cpus: int, threads: int | None,
               f"{r['model_images_per_s']:9.0f}, {r['tune_trials']} Tune trials keep "
               f"{r['slot_use']:.0%} of the slots busy{mark}", flush=True)
     record = {"k": k, "threads": t, "cpus": cpus, "seconds": round(took, 1), "rates": rows,
-              "measured": measured, "reused": bool(hit)}
-    return FuseChoice(k, float(threads or t), record)
+              "measured": measured, "reused": reused}
+    return FuseChoice(k, float(t), record)  # a given threads is ts == [threads]
+
+
+def _rates(cfg: TrialConfig, ks: list[int], ts: list[int], cpus: int, reprobe: bool
+           ) -> tuple[dict[tuple[int, int], float], float, str, bool] | None:
+    """(rates, probe seconds, when they were measured, reused?) from this machine's cache for
+    cfg's shape (0 s), else measured and cached; None if the probe failed."""
+    from l2bn import probe as p
+
+    key = p.cache_key(cfg, ks, ts, cpus)
+    hit = None if reprobe else p.cached(key)
+    if hit:
+        return hit["rates"], 0.0, hit["measured"], True
+    start = time.perf_counter()
+    try:
+        rates = p.measure(cfg, ks, ts, cpus)
+    except RuntimeError as exc:
+        print(f"--fuse auto: 1 (the probe failed: {exc})", flush=True)
+        return None
+    took = time.perf_counter() - start
+    return rates, took, p.remember(key, rates, took), False

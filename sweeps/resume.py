@@ -45,10 +45,11 @@ def run_options(opts: Any) -> dict[str, Any]:
     return {k: getattr(opts, k) for k in (*RESUMABLE, *FIXED_ON_RESUME)}
 
 
-def resume_changes(store: ResultStore, opts: Any) -> list[str]:
+def resume_changes(store: ResultStore, opts: Any, meta: dict[str, Any] | None = None) -> list[str]:
     """What this run changes from the last one ('--max-failures: 0 -> 2'); SweepError (one
-    line) for an option it cannot change. Records this run's options in sweep.json."""
-    meta = store.read_meta() or {}
+    line) for an option it cannot change. Records this run's options in sweep.json. `meta`:
+    sweep.json as already read (default: read it)."""
+    meta = (meta if meta is not None else store.read_meta()) or {}
     old, new = meta.get("options") or {}, run_options(opts)
     for key, flag in FIXED_ON_RESUME.items():
         if key in old and old[key] != new[key]:
@@ -65,14 +66,16 @@ def resume_changes(store: ResultStore, opts: Any) -> list[str]:
 def unfinished_groups(store: ResultStore, configs: list[TrialConfig],
                       fuse: int | None) -> list[list[TrialConfig]]:
     """The groups (Tune trials) with at least one member lacking a completed/diverged row."""
-    written = store.trial_ids()
+    done = finished_ids(store, [c.trial_id for c in configs])
+    return [g for g in groups(configs, fuse) if not all(c.trial_id in done for c in g)]
 
-    def finished(cfg: TrialConfig) -> bool:
-        if cfg.trial_id not in written:
-            return False
-        row = store.read_trial(cfg.trial_id)
-        return row is not None and row["status"] in FINISHED
-    return [g for g in groups(configs, fuse) if not all(finished(c) for c in g)]
+
+def finished_ids(store: ResultStore, ids: list[str]) -> set[str]:
+    """Those of `ids` whose summary row says completed or diverged: one listing of `trials/`
+    (ResultStore.trial_ids), then a read of only the rows that exist."""
+    written = store.trial_ids()
+    return {i for i in ids if i in written
+            and (row := store.read_trial(i)) is not None and row["status"] in FINISHED}
 
 
 def latest_checkpoints(store: ResultStore, todo: list[list[TrialConfig]]) -> dict[str, str]:

@@ -30,7 +30,7 @@ from l2bn.schema import LAYERS, TEST_COLUMNS, TRAIN_COLUMNS, Row, layer_column
 from l2bn.store import ResultStore
 from l2bn.train import Trial
 
-from .resume import CHECKPOINT_INFO, FINISHED, STATE_FILE
+from .resume import CHECKPOINT_INFO, STATE_FILE, finished_ids
 
 # With --tensorboard / --mlflow: each member's columns a user watching a run wants as curves.
 WATCHED = ("test_error", "diverged") + TRAIN_COLUMNS[:2] + TEST_COLUMNS[:1] + ("images_per_s",) + tuple(
@@ -108,13 +108,13 @@ def run_trial(config: dict[str, Any], *, store: ResultStore, overrides: dict[str
     torch.set_num_threads(threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint created" per epoch
     cfgs = group_configs(config, overrides)
-    finished = {c.trial_id for c in cfgs
-                if (row := store.read_trial(c.trial_id)) is not None and row["status"] in FINISHED}
+    finished = finished_ids(store, [c.trial_id for c in cfgs])
     todo = [c for c in cfgs if c.trial_id not in finished]
     if not todo:
         tune.report({"epoch": cfgs[0].epochs, "models": 0, "diverged": False})
         return
-    trial, wall_before = _restore(todo, store, (earlier or {}).get(_name(config)))
+    name = group_name([c.trial_id for c in cfgs])  # trial ids leave out execution fields
+    trial, wall_before = _restore(todo, store, (earlier or {}).get(name))
     trial.drop(finished)
     trial.info["ray_node_id"] = ray.get_runtime_context().get_node_id()  # where each epoch ran
     start = time.perf_counter()
