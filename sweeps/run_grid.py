@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
-from l2bn.grid import GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
+from l2bn.grid import GRID_DIR, GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
 from sweeps.errors import SweepError  # noqa: E402
 from sweeps.fuse import available_cpus, parse_fuse, resolve  # noqa: E402
@@ -77,8 +77,10 @@ def storage_root(storage: str) -> str:
     return str(Path(storage.removeprefix("file://")).expanduser().resolve())
 
 
-def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepOptions) -> None:
-    """Refuse to resume a sweep that was started with a different grid (Tune cannot do that)."""
+def check_same_grid(store: ResultStore, configs: list[TrialConfig],
+                    opts: SweepOptions) -> dict[str, Any] | None:
+    """Refuse to resume a sweep that was started with a different grid (Tune cannot do that);
+    a new sweep's sweep.json is written. Returns the sweep.json found (None: a new sweep)."""
     ids = sorted(c.trial_id for c in configs)
     try:
         old = store.read_meta()
@@ -95,6 +97,7 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig], opts: SweepO
             f"sweep '{opts.name}' in {opts.storage} was started with a different grid "
             f"({old.get('n_trials')} trials; this one has {len(ids)}). A sweep's grid cannot "
             "change: pass a new --name (or delete the old sweep)")
+    return old
 
 
 def _env_for_workers() -> dict[str, str]:
@@ -131,9 +134,9 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineTrialErrors())
     store = ResultStore(opts.storage, opts.name)
-    resuming = _readable_meta(store) is not None
-    check_same_grid(store, configs, opts)
-    changes = resume_changes(store, opts)
+    old = check_same_grid(store, configs, opts)
+    resuming = old is not None
+    changes = resume_changes(store, opts, old) if resuming else []
     watchers = watch_callbacks(opts)
     todo = unfinished_groups(store, configs, opts.fuse)
     earlier = latest_checkpoints(store, todo) if resuming else {}
@@ -178,14 +181,6 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     return _outcome(store, configs, time.perf_counter() - start)
 
 
-def _readable_meta(store: ResultStore) -> dict[str, Any] | None:
-    """sweep.json as check_same_grid reads it (None for a new sweep)."""
-    try:
-        return store.read_meta()
-    except ValueError:
-        return None  # check_same_grid names the file
-
-
 def _outcome(store: ResultStore, configs: list[TrialConfig], fit_wall_s: float) -> SweepOutcome:
     """Each trial's status from its `trials` row ('missing' without one)."""
     statuses = {}
@@ -218,9 +213,12 @@ def _default(name: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: `--data synthetic` must be an error, not --data-dir ./synthetic
     p = argparse.ArgumentParser(prog="python sweeps/run_grid.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", required=True, help="a grid in sweeps/grids (smoke, cpu, paper) or a .yaml path")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    shipped = ", ".join(sorted(f.stem for f in GRID_DIR.glob("*.yaml")))
+    p.add_argument("--grid", required=True, help=f"a grid in sweeps/grids ({shipped}) or a .yaml path")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="hold a TrialConfig field at VALUE for every trial (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the trial count and summary, start nothing")
@@ -275,12 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
         grid = load_grid(args.grid, overrides)
         configs = grid.configs()
-    except (GridError, SweepError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
         fuse = parse_fuse(args.fuse)
-    except SweepError as exc:
+    except (GridError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
