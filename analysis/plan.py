@@ -64,8 +64,15 @@ def describe(configs: list[TrialConfig]) -> str:
 
 
 if __name__ == "__main__":  # python -m analysis.plan GRID
+    import argparse
     import sys
 
-    from l2bn.grid import load_grid
+    from l2bn.grid import GridError, load_grid
 
-    print(describe(load_grid(sys.argv[1]).configs()))
+    parser = argparse.ArgumentParser(prog="python -m analysis.plan",
+                                     description="Forecast which cells of a grid are decidable.")
+    parser.add_argument("grid", help="a grid in sweeps/grids or a .yaml path")
+    try:
+        print(describe(load_grid(parser.parse_args().grid).configs()))
+    except GridError as exc:
+        sys.exit(f"error: {exc}")

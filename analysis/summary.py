@@ -8,6 +8,7 @@ tables are this output.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -84,11 +85,10 @@ def markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the table; exit 2 with one line when the file is missing or not collapse.json."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m analysis.summary RESULTS/collapse.json", file=sys.stderr)
-        return 2
-    path = Path(args[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.summary",
+                                     description="The per-cell verdict table of a report.")
+    parser.add_argument("results", help="a report's collapse.json, or the folder holding it")
+    path = Path(parser.parse_args(argv).results)
     path = path / "collapse.json" if path.is_dir() else path
     try:
         payload = json.loads(path.read_text())
