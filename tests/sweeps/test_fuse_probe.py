@@ -45,11 +45,7 @@ def test_groups_are_cut_evenly():
 
 def _sizes(group: int, ks=(1, 4, 8, 16), groups_=1) -> dict[int, list[int]]:
     """Tune trials' numbers of models per K for `groups_` lr x l2 groups of `group` points."""
-    out = {}
-    for k in ks:
-        n = -(-group // k)
-        out[k] = [group * (i + 1) // n - group * i // n for i in range(n)] * groups_
-    return out
+    return {k: [len(g) for g in groups(_grid(group, 1, seeds=groups_), k)] for k in ks}
 
 
 def test_candidates_are_capped_by_the_group_size_and_the_cpus():
