@@ -138,11 +138,12 @@ def cache_key(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int) ->
     """What the measured rates depend on: the machine, the software, the probed shape and the
     candidates, as one JSON string."""
     from .provenance import git_revision
+    from .train import layout
 
     return json.dumps({
         "host": socket.gethostname(), "machine": platform.machine(), "cpu": _cpu_model(),
         "cpus": cpus, "torch": importlib.metadata.version("torch"), "l2bn": __version__,
-        "git_rev": git_revision(), "layout": os.environ.get("L2BN_LAYOUT", "channels_last"),
+        "git_rev": git_revision(), "layout": layout(),
         "shape": {f: getattr(cfg, f) for f in SHAPE_FIELDS}, "ks": ks, "threads": threads,
     }, sort_keys=True)
 

@@ -107,10 +107,11 @@ class ResultStore:
 
     def read_trial(self, trial_id: str) -> Row | None:
         """The trial's summary row if it has one."""
-        path = self.path(TRIALS, trial_id)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
+        try:  # one request where the file exists, not an existence check first
+            with self.fs.open_input_file(self.path(TRIALS, trial_id)) as f:
+                return pq.read_table(f).to_pylist()[0]
+        except FileNotFoundError:
             return None
-        return pq.read_table(path, filesystem=self.fs).to_pylist()[0]
 
     def _write(self, kind: str, trial_id: str, rows: list[Row], schema: pa.Schema) -> None:
         table = to_table(rows, schema, sweep=self.name)

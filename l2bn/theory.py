@@ -85,7 +85,7 @@ def equilibrium_angular_update(optimizer: str, lr, l2, momentum: float = 0.0,
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 g = np.asarray(grad_norm_unit, dtype=float)
-                out = np.sqrt((1 - betas[0]) / (1 + betas[0])) * np.cbrt(2 * wd * lr**2 * fan_in / g)
+                out = ema_noise_rms(betas[0]) * np.cbrt(2 * wd * lr**2 * fan_in / g)
     else:
         raise _unknown_optimizer(optimizer)
     return out if out.ndim else float(out)
@@ -163,8 +163,6 @@ def layer_relaxation_steps(optimizer: str, lr, l2, layer: str, width, norm, grad
     """relaxation_steps of one conv layer: Adam's from the layer's group size (group_size, the
     whole layer for layer norm) and its gradient norm at unit weight norm; the other
     optimizers' (and Adam's without that gradient norm: the SGD form) do not depend on it."""
-    if optimizer != "adam" or grad_norm_unit is None:
-        return relaxation_steps(optimizer, lr, l2, momentum)
     return relaxation_steps(optimizer, lr, l2, momentum, fan_in=group_size(layer, width, norm),
                             grad_norm_unit=grad_norm_unit)
 

@@ -84,3 +84,19 @@ def test_smoke_sweep_on_s3_resumes_after_a_kill_and_reports_from_the_bucket(s3_e
     summary = json.loads((out / "collapse.json").read_text())["inputs"]
     assert (summary["n_found"], summary["n_used"]) == (8, 8)
     assert (out / "report.html").stat().st_size > 0
+
+
+def test_a_missing_summary_row_reads_as_none_on_s3_and_locally(s3_env, tmp_path):
+    """ResultStore.read_trial opens the file directly (one request): a trial without a row is
+    None on object storage as on a local disk, and a written row reads back."""
+    from l2bn.config import TrialConfig
+    from l2bn.schema import config_columns
+    from l2bn.store import ResultStore
+
+    cfg = TrialConfig(data="synthetic")
+    for root in (f"s3://{BUCKET}/rows", str(tmp_path)):
+        store = ResultStore(root, "s")
+        assert store.read_trial(cfg.trial_id) is None
+        store.write_trial(config_columns(cfg), "failed", wall_time_s=None, error="x")
+        row = store.read_trial(cfg.trial_id)
+        assert (row["trial_id"], row["status"], row["error"]) == (cfg.trial_id, "failed", "x")
