@@ -107,6 +107,40 @@ def equilibrated(points: pd.DataFrame, rule: str = "measured", factor: float = 1
     return positive & (points["norm_drift"] <= factor * R.NORM_DRIFT_MAX) & angle_ok
 
 
+def enough_points(p: pd.DataFrame) -> bool:
+    """At least MIN_POINTS points over MIN_DISTINCT distinct lr and l2 values: what a collapse
+    fit needs."""
+    return (len(p) >= R.MIN_POINTS and p["lr"].nunique() >= R.MIN_DISTINCT
+            and p["l2"].nunique() >= R.MIN_DISTINCT)
+
+
+def with_forecast_fallback(points: pd.DataFrame) -> pd.DataFrame:
+    """Rules "4": points with a `basis` column; in an update=l2 cell whose measured-equilibrated
+    points are not enough_points but whose points with PLAN_RELAX_FACTOR forecast relaxation
+    times in their budget are, those are the cell's equilibrated points (basis "forecast")."""
+    out = points.assign(basis="measured")
+    ready = equilibrated(points, "relaxation", R.PLAN_RELAX_FACTOR)
+    for _, idx in out.groupby("cell", sort=True).groups.items():
+        c = out.loc[idx]
+        alive = ~c["all_diverged"] & (c["l2"] > 0)
+        if (c.iloc[0]["update"] != "l2" or enough_points(c[alive & c["equilibrated"]])
+                or not enough_points(c[alive & ready[idx]])):
+            continue
+        out.loc[idx, "equilibrated"] = ready[idx]
+        out.loc[idx, "basis"] = "forecast"
+    return out
+
+
+def basis_note(p: pd.DataFrame) -> str:
+    """'' for the measured basis; for a forecast-fallback cell, the words its reasons start
+    with."""
+    if "basis" not in p or p.iloc[0]["basis"] != "forecast":
+        return ""
+    return (f"forecast basis (rules 4 fallback: too few points passed the measured equilibrium "
+            f"test; judged on the points with >= {R.PLAN_RELAX_FACTOR:g} forecast relaxation "
+            "times): ")
+
+
 def missing_points(points: pd.DataFrame) -> list[str]:
     """Warnings naming the (lr, l2) grid points absent from each cell's lr x l2 product (not
     for an iso-line design, whose points are not meant to fill the rectangle)."""
@@ -157,6 +191,8 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
         "n_partly_diverged": int((used["n_diverged"] > 0).sum()),
         "excluded": [[float(a), float(b)] for a, b in zip(excluded["lr"], excluded["l2"], strict=True)],
         "diverged": [[float(a), float(b)] for a, b in zip(diverged["lr"], diverged["l2"], strict=True)]}
+    if "basis" in p:
+        row["basis"] = first["basis"]
     version = R.version(settings.rules)
     if version.chance_guard and at_chance(p):
         reason = (f"every point at chance: mean test error >= {R.CHANCE_ERROR - R.CHANCE_MARGIN:g}"
@@ -165,8 +201,11 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
                 "iso_reason": reason} if version.iso_test else {})
         return row | iso | {"verdict": "INSUFFICIENT", "reason": reason}
     row |= iso_line_test(used, s_theory) if version.iso_test else {}
-    if len(used) < R.MIN_POINTS or row["n_lr"] < R.MIN_DISTINCT or row["n_l2"] < R.MIN_DISTINCT:
-        return row | {"verdict": "INSUFFICIENT", "reason": (
+    note = basis_note(p)
+    if note and "iso_reason" in row:
+        row["iso_reason"] = note + row["iso_reason"]
+    if not enough_points(used):
+        return row | {"verdict": "INSUFFICIENT", "reason": note + (
             f"{len(used)} equilibrated, non-diverged points over {row['n_lr']} lr x "
             f"{row['n_l2']} l2 values; need >= {R.MIN_POINTS} points and >= {R.MIN_DISTINCT} of each")}
     lr, l2, errors = used["lr"].to_numpy(float), used["l2"].to_numpy(float), list(used["errors"])
@@ -176,7 +215,8 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
         means = np.array([e.mean() for e in errors])[None]
         fitted = smooth(np.log(lr) + fit.s * np.log(l2), means, fit.dof)[0]
         lof = lack_of_fit(errors, fitted, fit.dof + 1)
-    return row | collapse_stats(fit, len(used), row["n_lr"], row["n_l2"], s_theory, lof)
+    stats = collapse_stats(fit, len(used), row["n_lr"], row["n_l2"], s_theory, lof)
+    return row | stats | {"reason": note + stats["reason"]}
 
 
 def at_chance(points: pd.DataFrame) -> bool:
@@ -305,14 +345,17 @@ def equilibrium_tables(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
             "balance_q25": float(used["balance"].quantile(0.25)) if len(used) else np.nan,
             "balance_q75": float(used["balance"].quantile(0.75)) if len(used) else np.nan,
             "ratio_median": float(used["ang_ratio"].median()) if len(used) else np.nan}
+        note = basis_note(p)
+        if note:
+            row["basis"] = "forecast"
         if not len(used):
-            row |= {"verdict": "INSUFFICIENT", "reason": "no equilibrated point with a "
+            row |= {"verdict": "INSUFFICIENT", "reason": note + "no equilibrated point with a "
                     "measured and predicted angular update"}
         else:
             ok = lo <= median <= hi
             row |= {"verdict": "PASS" if ok else "FAIL",
-                    "reason": f"median balance {median:.3f} {'inside' if ok else 'outside'} "
-                              f"[{lo:.3g}, {hi:.3g}]"}
+                    "reason": note + f"median balance {median:.3f} {'inside' if ok else 'outside'}"
+                              f" [{lo:.3g}, {hi:.3g}]"}
         rows.append(row)
     return per_point.reset_index(drop=True), pd.DataFrame(rows)
 
@@ -378,6 +421,8 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
     if version.outcome_evals > 1:
         trials = with_outcome(trials, results.history, version.outcome_evals)
     points = point_table(trials, settings.equilibrium)
+    if version.forecast_fallback and settings.equilibrium == "measured":
+        points = with_forecast_fallback(points)
     by_cell = dict(tuple(points.groupby("cell", sort=True)))
     collapse = collapse_rows(points, settings)
     collapse_train = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .fit import CI_LEVEL, MAX_DOF, POINTS_PER_DOF
 
-RULES_VERSION = "3"  # the default; every version in VERSIONS can be chosen
+RULES_VERSION = "4"  # the default; every version in VERSIONS can be chosen
 
 ALPHA = 0.05  # significance level of every F-test (lack of fit, l2 effect, lr effect)
 
@@ -76,11 +76,14 @@ class Version:
     chance_guard: bool  # every point at chance -> INSUFFICIENT
     train_loss: bool  # judge the train-loss collapse too
     iso_test: bool  # run the direct iso-line test
+    forecast_fallback: bool = False  # unsettled cell: judged on its forecast-ready points
 
 
 VERSIONS = {
     "2": Version("2", outcome_evals=1, chance_guard=False, train_loss=False, iso_test=False),
     "3": Version("3", outcome_evals=3, chance_guard=True, train_loss=True, iso_test=True),
+    "4": Version("4", outcome_evals=3, chance_guard=True, train_loss=True, iso_test=True,
+                 forecast_fallback=True),
 }
 
 
@@ -102,6 +105,8 @@ def thresholds(name: str = RULES_VERSION) -> dict:
         "outcome_evals": v.outcome_evals, "chance_guard": v.chance_guard,
         "train_loss": v.train_loss, "iso_test": v.iso_test, "chance_margin": CHANCE_MARGIN,
         "iso_rtol": ISO_RTOL, "iso_min_lr": ISO_MIN_LR, "iso_min_diagonals": ISO_MIN_DIAGONALS}
+    if v.forecast_fallback:  # absent before "4", so earlier collapse.json files compare equal
+        extra["forecast_fallback"] = True
     return {"rules_version": v.name, "alpha": ALPHA, "norm_drift_max": NORM_DRIFT_MAX,
             "angle_drift_max": ANGLE_DRIFT_MAX, "sensitivity_factors": list(SENSITIVITY_FACTORS),
             "min_points": MIN_POINTS, "min_distinct": MIN_DISTINCT, "r2_min": R2_MIN,
@@ -208,4 +213,16 @@ def version_rules(name: str) -> list[str]:
         "INSUFFICIENT otherwise, with one seed per point, or under the chance guard. iso_along"
         " is |slope| x the mean log2(lr) span of a diagonal, iso_across the range of the "
         "diagonal means (outcome units).",
-    ]
+    ] + ([FALLBACK_TEXT] if v.forecast_fallback else [])
+
+
+FALLBACK_TEXT = (
+    "Forecast fallback (rules 4): in an update=l2 cell where the measured equilibrium rule "
+    f"leaves fewer than {MIN_POINTS} non-diverged points (or fewer than {MIN_DISTINCT} "
+    "distinct lr or l2 values) while the points whose budget holds "
+    f"{PLAN_RELAX_FACTOR:g} forecast relaxation times (theory.relaxation_steps, the planner's "
+    "criterion) meet that count, the forecast-ready points are used instead, by every check of"
+    " the cell (collapse, train-loss collapse, iso-lines, equilibrium); its rows say basis "
+    "'forecast'. The theory promised those points an equilibrium: a cell that does not settle "
+    "is judged on that promise (its equilibrium check then shows how far from the predicted "
+    "angle it is) instead of staying INSUFFICIENT.")

@@ -130,7 +130,7 @@ def test_outcome_is_the_mean_of_the_last_evaluations():
 
 def test_thresholds_per_version():
     assert "outcome_evals" not in R.thresholds("2")
-    assert R.thresholds("3")["outcome_evals"] == 3 and R.thresholds()["rules_version"] == "3"
+    assert R.thresholds("3")["outcome_evals"] == 3 and R.thresholds("3")["rules_version"] == "3"
     with pytest.raises(ValueError, match="unknown rules version '9'"):
         R.version("9")
 
@@ -138,14 +138,14 @@ def test_thresholds_per_version():
 def test_rule_changes_shows_each_step_from_2_to_3(tmp_path):
     from analysis.rule_changes import markdown, variants, verdicts
 
-    assert [label for label, _ in variants()] == [
+    assert [label for label, _ in variants("2", "3")] == [
         "2", "+ outcome_evals=3", "+ chance_guard=True", "+ train_loss=True", "+ iso_test=True"]
-    assert set(R.VERSIONS) == {"2", "3"}
+    assert set(R.VERSIONS) == {"2", "3", "4"}
     write_sweep(tmp_path, SyntheticSweep(
         lambda o, n, u, lr, l2: 0.9 + 0.003 * math.sin(7 * math.log(lr) + 3 * math.log(l2)),
         noise=0.002, steps_per_epoch=20_000, points=diagonals(SGD_LRS, SGD_PRODUCTS)))
-    table = verdicts(str(tmp_path), n_boot=50).set_index(["check", "cell"])
-    assert set(R.VERSIONS) == {"2", "3"}  # the variants were registered for the run only
+    table = verdicts(str(tmp_path), n_boot=50, new="3").set_index(["check", "cell"])
+    assert set(R.VERSIONS) == {"2", "3", "4"}  # the variants were registered for the run only
     collapse = table.loc[("collapse", "sgd/batch/l2")]
     assert list(collapse) == ["FAIL", "FAIL", "INSUFFICIENT", "INSUFFICIENT", "INSUFFICIENT"]
     assert pd.isna(table.loc[("iso_lines", "sgd/batch/l2"), "+ train_loss=True"])

@@ -1,0 +1,103 @@
+"""Rules version 4 (analysis/rules.py): the forecast fallback, on synthetic sweeps whose
+angle does not settle (the last epoch's measured angle jumps), with known answers."""
+import math
+
+import pandas as pd
+import pytest
+from test_rules_v3 import SGD_LRS, SGD_PRODUCTS, cell, diagonals, rising
+
+from analysis import rules as R
+from analysis.collapse import CheckSettings, run_checks
+from analysis.load import load_results
+from analysis.synthetic import SyntheticSweep, write_sweep
+
+
+def unsettled(tmp_path, error, jump=2.0, **sweep):
+    """Results of an sgd + batch-norm iso-line sweep whose conv1 angle jumps by `jump` in the
+    last epoch of every trial (angle drift ln 2 = 0.69 > ANGLE_DRIFT_MAX), so no point
+    passes the measured equilibrium test."""
+    sweep.setdefault("steps_per_epoch", 20_000)
+    write_sweep(tmp_path, SyntheticSweep(error, points=diagonals(SGD_LRS, SGD_PRODUCTS), **sweep))
+    for path in (tmp_path / "history").glob("*.parquet"):  # on disk, for analysis.rule_changes
+        h = pd.read_parquet(path)
+        h.loc[h["epoch"] == h["epoch"].max(), "conv1_angular_update"] *= jump
+        h.to_parquet(path, index=False)
+    for path in (tmp_path / "trials").glob("*.parquet"):  # the final row is the last epoch's
+        t = pd.read_parquet(path)
+        t["conv1_angular_update"] *= jump
+        t.to_parquet(path, index=False)
+    return load_results(str(tmp_path))
+
+
+def judged(results, rules):
+    return run_checks(results, CheckSettings(n_boot=100, rules=rules), False)
+
+
+def test_unsettled_cell_is_judged_on_its_forecast_points(tmp_path):
+    results = unsettled(tmp_path, rising)
+    v3, v4 = judged(results, "3"), judged(results, "4")
+    assert not v3.points["equilibrated"].any()
+    assert cell(v3.collapse)["verdict"] == "INSUFFICIENT"
+    assert cell(v3.equilibrium_cells)["verdict"] == "INSUFFICIENT"
+    row = cell(v4.collapse)
+    assert row["basis"] == "forecast" and row["n_points"] == 12
+    assert row["verdict"] == "PASS", row["reason"]
+    assert row["reason"].startswith("forecast basis")
+    assert cell(v4.collapse_train)["verdict"] == "PASS"
+    assert row["iso_verdict"] == "PASS" and row["iso_reason"].startswith("forecast basis")
+    eq = cell(v4.equilibrium_cells)
+    assert eq["basis"] == "forecast" and eq["n_points"] == 12
+    # balance (ratio^2 for sgd) over conv layers: (2^2 + 1 + 1) / 3 = 2, outside [2/3, 3/2]
+    assert eq["balance_median"] == pytest.approx(2.0) and eq["verdict"] == "FAIL"
+
+
+def test_unsettled_cell_with_an_lr_effect_fails(tmp_path):
+    lr_only = lambda o, n, u, lr, l2: 0.3 + 0.1 * math.log2(lr / 0.025)  # noqa: E731
+    row = cell(judged(unsettled(tmp_path, lr_only), "4").collapse)
+    assert row["basis"] == "forecast" and row["verdict"] == "FAIL"
+    assert row["iso_verdict"] == "FAIL"
+
+
+def test_fallback_needs_forecast_time(tmp_path):
+    # 2 steps per epoch x 3 epochs: far below 3 relaxation times at these lr*l2
+    results = unsettled(tmp_path, rising, steps_per_epoch=2)
+    row = cell(judged(results, "4").collapse)
+    assert row["basis"] == "measured" and row["verdict"] == "INSUFFICIENT"
+    assert row["n_points"] == 0
+
+
+def test_settled_cell_is_untouched(tmp_path):
+    results = unsettled(tmp_path, rising, jump=1.0)
+    v3, v4 = judged(results, "3"), judged(results, "4")
+    assert v3.points["equilibrated"].all()
+    assert (v4.points["basis"] == "measured").all()
+    for a, b in ((v3.collapse, v4.collapse), (v3.equilibrium_cells, v4.equilibrium_cells)):
+        assert cell(a)["verdict"] == cell(b)["verdict"] and cell(a)["reason"] == cell(b)["reason"]
+    assert cell(v3.collapse)["s"] == cell(v4.collapse)["s"]
+
+
+def test_fallback_off_for_exploration_rules(tmp_path):
+    results = unsettled(tmp_path, rising)
+    checks = run_checks(results, CheckSettings(n_boot=50, rules="4", equilibrium="all"), False)
+    assert "basis" not in checks.points
+
+
+def test_version_4_thresholds_and_texts():
+    assert R.thresholds("4")["forecast_fallback"] is True
+    assert "forecast_fallback" not in R.thresholds("3")
+    assert R.RULES_VERSION == "4" and R.thresholds()["rules_version"] == "4"
+    assert any(t.startswith("Forecast fallback") for t in R.version_rules("4"))
+    assert not any(t.startswith("Forecast fallback") for t in R.version_rules("3"))
+
+
+def test_rule_changes_from_3_to_4(tmp_path):
+    from analysis.rule_changes import main, markdown, variants, verdicts
+
+    assert [label for label, _ in variants("3", "4")] == ["3", "+ forecast_fallback=True"]
+    unsettled(tmp_path, rising)
+    table = verdicts(str(tmp_path), n_boot=50, old="3", new="4")
+    text = markdown(table)
+    assert "| collapse | sgd/batch/l2 | INSUFFICIENT | PASS |" in text
+    assert "| collapse_train | sgd/batch/l2 | INSUFFICIENT | PASS |" in text
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--from", "4", "--to", "3"])
