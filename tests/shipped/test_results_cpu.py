@@ -19,9 +19,11 @@ from analysis.rules import VERSIONS
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 # name: (trials, history rows, has the per-cell table of issue 11)
 SHIPPED = {"cpu": (176, 704, False), "cpu_adam": (40, 160, False), "v2": (336, 1334, True),
-           "v3": (486, 3331, True), "v3b": (63, 441, True), "v3c": (27, 756, True)}
+           "v3": (486, 3331, True), "v3b": (63, 441, True), "v3c": (27, 756, True),
+           "v3d": (27, 756, True)}
 # v3: 27 diverged trials stop at their diverged epoch
-RULES = {"cpu": "2", "cpu_adam": "2", "v2": "2", "v3": "3", "v3b": "3", "v3c": "3"}  # as run
+RULES = {"cpu": "2", "cpu_adam": "2", "v2": "2", "v3": "3", "v3b": "3", "v3c": "3",
+         "v3d": "4"}  # as run
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "ratio", "l2_effect",
          "l2_p", "lr_p", "balance_median", "ratio_median", "best_error", "best_lr", "best_l2",
          "conv1_dead_median", "conv2_dead_median", "conv3_dead_median", "conv3_dead_used_median",
@@ -82,3 +84,13 @@ def test_analysis_reproduces_committed_statistics(committed_and_fresh, table):
                 assert new.get(stat) is None, (new["cell"], stat)
             else:
                 assert new[stat] == pytest.approx(old[stat], rel=1e-9, abs=1e-12), (new["cell"], stat)
+
+
+def test_v3d_is_decided_by_the_forecast_fallback():
+    """results/v3d: INSUFFICIENT under rules 3 (1 of 9 points passes the measured equilibrium
+    test), decided under rules 4 on its 9 forecast-ready points."""
+    results = load_results(str(RESULTS / "v3d"))
+    v3 = run_checks(results, CheckSettings(rules="3"), False).collapse.iloc[0]
+    v4 = run_checks(results, CheckSettings(rules="4"), False).collapse.iloc[0]
+    assert (v3["verdict"], v3["n_points"]) == ("INSUFFICIENT", 1)
+    assert (v4["verdict"], v4["n_points"], v4["basis"]) == ("FAIL", 9, "forecast")
