@@ -19,7 +19,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from l2bn import theory
 from l2bn.schema import LAYERS, layer_column, layer_columns
@@ -176,14 +176,21 @@ def _lr_ticks(ax, lrs: np.ndarray) -> None:
 
 
 def _log_ticks(axis, values: pd.Series) -> None:
-    """Short, non-overlapping labels on a log axis: 1-2-5 ticks within two decades, decades
-    beyond, written as 2e-3; minor ticks unlabelled."""
+    """Short, distinct labels on a log axis: within a factor of 10, ticks at the (up to 5)
+    distinct values or a few evenly spaced ones, two significant digits (a 1-2-5 locator has
+    one tick or none there, and matplotlib's fallback ticks all printed as 2e-2); 1-2-5 ticks
+    within two decades, decades beyond, written as 2e-3; minor ticks unlabelled."""
     v = values[values > 0]
     span = np.log10(v.max() / v.min()) if len(v) else 3.0
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,),
-                                      numticks=8))
-    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.0e}".replace("e-0", "e-")
-                                           .replace("e+0", "e")))
+    if span < 1:  # iso-line designs: a tick at each diagonal's value
+        ticks = np.unique(v.round(12))
+        axis.set_major_locator(FixedLocator(ticks) if len(ticks) <= 5 else MaxNLocator(nbins=3))
+        axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}"))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,),
+                                          numticks=8))
+        axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.0e}".replace("e-0", "e-")
+                                               .replace("e+0", "e")))
     axis.set_minor_formatter(NullFormatter())
 
 

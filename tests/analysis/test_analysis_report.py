@@ -288,3 +288,22 @@ def test_single_seed_uses_the_residual_bootstrap(tmp_path):
     # measured 0.08 wide (noise 0.005, 22 points); resampling the raw errors instead of the
     # residuals spans the whole s grid (4), a zero-size resampling gives no width
     assert 0.02 < row["ci_high"] - row["ci_low"] < 0.3, (row["ci_low"], row["ci_high"])
+
+
+@pytest.mark.parametrize("values", [(0.0137, 0.0172, 0.0217), (1e-4, 3e-3), (1e-6, 1e-2)])
+def test_log_axis_labels_are_distinct(values):
+    """The collapse plot's x labels: no two visible ticks print the same (v3d's narrow
+    0.014-0.022 range printed '2e-2' five times)."""
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import _log_ticks
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.scatter(values, [0.5] * len(values))
+    _log_ticks(ax.xaxis, pd.Series(values))
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+    plt.close(fig)
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
