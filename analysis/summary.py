@@ -43,23 +43,30 @@ def rows(payload: dict) -> list[dict]:
         s = _slope(c)
         effect = "" if p.get("l2_effect") is None else \
             f"{p['l2_effect']:.4f} ({_num(p.get('l2_p'), '.2g')})"
-        verdict = c.get("verdict", "")
-        if verdict == "DESCRIPTIVE" and c.get("descriptive"):
+        verdict = _verdict(c)
+        if c.get("verdict") == "DESCRIPTIVE" and c.get("descriptive"):
             verdict += f" (would {c['descriptive']})"
         out.append({"cell": _short(cell), "collapse": verdict, COLUMNS[2]: s,
                     "lack-of-fit p": _num(c.get("lof_p"), ".2g"),
                     "projection": p.get("verdict", ""), "l2 effect (p)": effect,
-                    "equilibrium": e.get("verdict", ""),
+                    "equilibrium": _verdict(e),
                     "balance": _num(e.get("balance_median")),
                     "conv3 dead": _num(k.get("conv3_dead_median"), ".2f"),
                     "best error": _num(k.get("best_error"))})
         if "collapse_train" in payload:
             along = "" if c.get("iso_slope") is None else (
                 f"{c['iso_slope']:+.4f} ({_num(c.get('iso_along_p'), '.2g')})")
-            out[-1] |= {"iso-lines": c.get("iso_verdict", ""), "along slope (p)": along,
-                        "train-loss collapse": t.get("verdict", ""),
+            out[-1] |= {"iso-lines": _verdict(c, "iso_verdict"), "along slope (p)": along,
+                        "train-loss collapse": _verdict(t),
                         "train-loss s [95% CI]": _slope(t)}
     return out
+
+
+def _verdict(row: dict, key: str = "verdict") -> str:
+    """A row's verdict, marked '(forecast)' when rules 4 judged its cell on the forecast-ready
+    points (analysis/rules.py: the forecast fallback)."""
+    verdict = row.get(key, "")
+    return f"{verdict} (forecast)" if verdict and row.get("basis") == "forecast" else verdict
 
 
 def _slope(c: dict) -> str:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from analysis.summary import COLUMNS, main, markdown, rows
 
-CPU = Path(__file__).resolve().parents[2] / "results" / "cpu" / "collapse.json"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+CPU = RESULTS / "cpu" / "collapse.json"
 
 
 def test_one_row_per_cell_with_the_json_numbers():
@@ -24,6 +25,15 @@ def test_one_row_per_cell_with_the_json_numbers():
     assert table["adam/batch/l2 all"]["balance"] == "0.695"
     text = markdown(payload)
     assert text.count("\n| ") == 1 + 8 and "Rules version 2." in text
+
+
+def test_forecast_basis_is_marked():
+    """results/v3d (rules 4) was judged on its forecast-ready points; v3 (rules 3) was not."""
+    (v3d,) = rows(json.loads((RESULTS / "v3d" / "collapse.json").read_text()))
+    assert [v3d[k] for k in ("collapse", "iso-lines", "train-loss collapse", "equilibrium")] \
+        == ["FAIL (forecast)"] * 4
+    v3 = rows(json.loads((RESULTS / "v3" / "collapse.json").read_text()))
+    assert not any("forecast" in str(v) for r in v3 for v in r.values())
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
