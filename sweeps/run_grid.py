@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
                   help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--num-cpus", type=int, default=_default("num_cpus"),
-                  help="CPUs of the local Ray instance (default: all)")
+                  help="CPUs of the local Ray instance (default: those this process may use,"
+                       " i.e. its CPU affinity under taskset or Slurm)")
     p.add_argument("--max-failures", type=int, default=_default("max_failures"),
                   help="retries per trial (from its last epoch)")
     p.add_argument("--checkpoint-every", type=int, default=_default("checkpoint_every"), metavar="EPOCHS",
@@ -297,17 +298,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     name, storage = args.name or grid.name, storage_root(args.storage)
+    # The probe plans for the CPUs this process may use (its affinity, as under taskset or
+    # Slurm); a local Ray gets the same count, since Ray's own default counts every CPU.
+    cpus = available_cpus(args.num_cpus)
     try:
         choice = resolve(fuse, args.cpus_per_trial, args.gpus_per_trial, configs,
-                         ResultStore(storage, name), available_cpus(args.num_cpus), not address,
-                         args.reprobe)
+                         ResultStore(storage, name), cpus, not address, args.reprobe)
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     opts = SweepOptions(
         name=name, storage=storage, address=address,
         cpus_per_trial=choice.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_failures=args.max_failures, reuse_actors=args.reuse_actors, num_cpus=args.num_cpus,
+        max_failures=args.max_failures, reuse_actors=args.reuse_actors,
+        num_cpus=None if address else cpus,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         overrides={k: v for k, v in overrides.items() if k in EXECUTION_FIELDS},
         progress_interval=args.progress_interval, grid_source=Path(grid.path).read_text(),

@@ -163,3 +163,29 @@ def test_a_new_sweep_of_the_same_shape_reuses_the_cached_probe(tmp_path, monkeyp
     fresh, calls, _, _ = _resolve(tmp_path / "e", monkeypatch, WIDE)
     assert len(calls) == 1 and fresh.fuse == 1  # WIDE measured anew: one model per stack
     assert probe.cached(probe.cache_key(_grid(1, 1)[0], [1, 4, 8, 16], [1, 2], 2))["rates"] == WIDE
+
+
+@pytest.mark.parametrize("flags, expected", [([], 1), (["--num-cpus", "3"], 3),
+                                             (["--address", "127.0.0.1:1"], None)])
+def test_local_ray_gets_the_cpus_the_probe_planned_for(tmp_path, monkeypatch, flags, expected):
+    """Under taskset/Slurm (affinity: one CPU) the local Ray instance is started with the CPU
+    count the fuse choice assumed, not Ray's default of every CPU; a cluster keeps its own."""
+    import sweeps.fuse
+    import sweeps.run_grid as run_grid
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_run_sweep(configs, opts):
+        seen["num_cpus"] = opts.num_cpus
+        raise Stop
+
+    monkeypatch.setattr(sweeps.fuse.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(run_grid, "run_sweep", fake_run_sweep)
+    with pytest.raises(Stop):
+        run_grid.main(["--grid", "smoke", "--set", "data=synthetic", "--set", "n_train=256",
+                       "--fuse", "1",
+                       "--storage", str(tmp_path), *flags])
+    assert seen["num_cpus"] == expected
