@@ -14,13 +14,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
 from analysis.collapse import CheckSettings
 from analysis.report import FIGURES, build_parser, choose_dynamics, main
 from analysis.rules import rule_texts
 from analysis.synthetic import SyntheticSweep, write_sweep
 
-REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -2,15 +2,14 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
 from analysis.report import FIGURES, main
 from analysis.synthetic import SyntheticSweep, write_sweep
 
-REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "sweeps" / "run_grid.py"
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import REPO, load_script
 
 from l2bn.config import ConfigError, TrialConfig
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = dict(data="synthetic", device="cpu", width=4, batch_size=32, n_test=32)
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_script
+from conftest import REPO, load_script
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"  # where .ci/run finds it
 FILES = {"rates.json", "log.txt", "grid.yaml", "trials/paper_slice.parquet",
          "history/paper_slice.parquet"}

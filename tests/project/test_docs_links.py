@@ -1,10 +1,9 @@
 """Every relative link in README.md, docs/*.md and results/*/README.md resolves to a file."""
 import re
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
          *sorted((REPO / "results").glob("*/README.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"sweeps": {"analysis"}, "analysis": {"sweeps"}, "l2bn": {"sweeps", "analysis", "ray"}}
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
 
 # Epochs of 8,192 images (about 1-2 s each here) so that the 1 s wait after a trial's first epoch
 # lands inside its second one: with 2,048 images, once training got faster, a whole trial could

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 GPUS = 2  # declared by the worker node; its CPUs never bind (one per group and spare)
 
 # 6 groups (norm x seed) of 4 members (lr x l2): more groups than a GPU share lets run at once.

@@ -8,13 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import grid_error
+from conftest import REPO, grid_error
 
 from l2bn.config import TrialConfig
 from l2bn.grid import GRID_DIR, GridError, load_grid, log_range, parse_value, summary
 from sweeps.run_grid import main
 
-REPO = Path(__file__).resolve().parents[2]
 PAPER_COUNT = 4 * 7 * 7 * (5 * 2 - 1) * 3  # optimizers x lr x l2 x (norm, update) x seeds
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from conftest import REPO
 
 from l2bn.config import TrialConfig
 from l2bn.grid import groups, load_grid
@@ -23,7 +24,6 @@ from l2bn.train import train
 from sweeps.errors import SweepError
 from sweeps.run_grid import SweepOptions, check_same_grid, storage_root
 
-REPO = Path(__file__).resolve().parents[2]
 RUN_GRID = [sys.executable, str(REPO / "sweeps" / "run_grid.py")]
 
 

@@ -10,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
 from l2bn.config import TrialConfig
 
-REPO = Path(__file__).resolve().parents[2]
 GOLDEN = {  # config -> its trial_id, computed once (sha1 of the science fields, 12 hex)
     "441222982802": {},  # all defaults
     "894c1fe8b03e": dict(optimizer="adam", lr=1e-3, l2=0.0, norm="layer", update="projection",
