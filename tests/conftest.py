@@ -1,7 +1,9 @@
-"""Shared fixtures: where the real CIFAR-10 copy is (tests skip with a reason without it)."""
+"""Shared fixtures and helpers: where the real CIFAR-10 copy is (tests skip with a reason
+without it), rows compared without their timings, grid files written from text."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -10,6 +12,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ENV = "L2BN_CIFAR_DIR"
+VOLATILE = ("epoch_time_s", "time_s", "images_per_s")  # a history row's wall-clock columns
+
+
+def comparable(row: dict) -> dict:
+    """A history row without its timings, NaN made comparable (NaN != NaN)."""
+    return {k: "nan" if isinstance(v, float) and math.isnan(v) else v
+            for k, v in row.items() if k not in VOLATILE}
+
+
+def grid_file(tmp_path: Path, text: str, name: str = "grid.yaml") -> str:
+    """Path of a grid file holding `text`."""
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
 
 
 def _cifar_dir() -> Path | None:

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, grid_error
+from conftest import REPO, grid_error, grid_file
 
 from l2bn.config import TrialConfig
 from l2bn.grid import GRID_DIR, GridError, load_grid, log_range, parse_value, summary
@@ -22,9 +22,7 @@ def configs(name: str, **overrides) -> list[TrialConfig]:
 
 
 def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    return str(path)
+    return grid_file(tmp_path, text, "bad.yaml")
 
 
 # --- ranges and values -------------------------------------------------------------------

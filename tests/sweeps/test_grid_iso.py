@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import grid_error
+from conftest import grid_error, grid_file
 
 from l2bn.grid import load_grid
 from sweeps.run_grid import main
@@ -31,9 +31,7 @@ ADAM = {2e-5: [(0.01, 0.2), (0.02, 0.05), (0.04, 0.0125)],
 
 
 def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "iso.yaml"
-    path.write_text(text)
-    return str(path)
+    return grid_file(tmp_path, text, "iso.yaml")
 
 
 def points(trials) -> list[tuple]:

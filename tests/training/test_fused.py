@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import comparable
 
 from l2bn.config import TrialConfig
 from l2bn.data import augment, epoch_batches, load_cifar10, normalize
@@ -45,7 +46,6 @@ METRIC_TOL = {"rel_update": 1e-3, "grad_norm_unit": 1e-3, "pred_angular_update":
 # A cosine in [-1, 1], compared absolutely: successive gradients are each off by the
 # rounding above, and a flipped ReLU moves a cosine near 0.1 by up to 8e-4 (measured).
 METRIC_ABS = {"grad_autocorr": 2e-3}
-VOLATILE = ("epoch_time_s", "time_s", "images_per_s")
 
 
 def _group(optimizer, norm, update, scope="all", **kw):
@@ -188,18 +188,13 @@ def test_fused_group_equals_models_one_by_one_in_float64(optimizer, norm, update
         torch.set_default_dtype(torch.float32)
 
 
-def _strip(row):
-    return {k: "nan" if isinstance(v, float) and math.isnan(v) else v
-            for k, v in row.items() if k not in VOLATILE}
-
-
 DIVERGING = dict(optimizer="sgd", norm="none", update="l2", epochs=3, n_train=128)
 
 
 def _rows_by_id(trial: Trial) -> dict[str, list[dict]]:
     while not trial.done:
         trial.run_epoch()
-    return {c.trial_id: [_strip(r) for r in h] for c, h in zip(trial.cfgs, trial.histories, strict=True)}
+    return {c.trial_id: [comparable(r) for r in h] for c, h in zip(trial.cfgs, trial.histories, strict=True)}
 
 
 def test_a_diverging_model_is_frozen_and_leaves_the_others_unchanged():

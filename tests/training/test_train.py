@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import comparable
 
 import l2bn.train
 from l2bn.config import TrialConfig
@@ -12,14 +13,6 @@ from l2bn.schema import MEASURED
 from l2bn.train import train
 
 SMALL = dict(data="synthetic", device="cpu", width=4, batch_size=64, epochs=2, n_test=128)
-VOLATILE = ("epoch_time_s", "time_s", "images_per_s")
-
-
-def _strip(row):
-    """Row without timings, NaN made comparable (NaN != NaN)."""
-    def same(v):
-        return "nan" if isinstance(v, float) and math.isnan(v) else v
-    return {k: same(v) for k, v in row.items() if k not in VOLATILE}
 
 
 def _run(cfg, **kw):
@@ -34,7 +27,7 @@ def test_rows_have_config_metrics_and_are_deterministic():
     rows_a, final = _run(cfg, save_state=states.append)
     rows_b, _ = _run(cfg)
     assert [r["epoch"] for r in rows_a] == [1, 2] and final == rows_a[-1]
-    assert [_strip(r) for r in rows_a] == [_strip(r) for r in rows_b]
+    assert [comparable(r) for r in rows_a] == [comparable(r) for r in rows_b]
     row = rows_a[-1]
     assert row["step"] == 2 * (512 // 64) and row["trial_id"] == cfg.trial_id
     assert {k: row[k] for k in cfg.to_row()} == cfg.to_row()
@@ -63,7 +56,7 @@ def test_resume_from_saved_state_equals_uninterrupted_run():
     assert [s["epoch"] for s in states] == [1, 2, 3]
     resumed, final = _run(cfg, resume=states[0])
     assert [r["epoch"] for r in resumed] == [2, 3]
-    assert [_strip(r) for r in resumed] == [_strip(r) for r in full[1:]]
+    assert [comparable(r) for r in resumed] == [comparable(r) for r in full[1:]]
     assert [len(h) for h in states[0]["histories"]] == [1]
 
 
@@ -105,8 +98,8 @@ def test_divergence_in_a_later_epoch_keeps_the_last_finite_metrics(monkeypatch, 
     assert all(rows[-1][k] is None or math.isnan(rows[-1][k]) for k in MEASURED)
     assert [s["epoch"] for s in states] == [1]  # no checkpoint of the diverged epoch
     assert math.isfinite(final["test_error"]) and math.isfinite(final["conv2_w_norm"])
-    carried = {k: v for k, v in _strip(final).items() if k not in ("epoch", "diverged")}
-    assert carried == {k: v for k, v in _strip(rows[0]).items() if k not in ("epoch", "diverged")}
+    carried = {k: v for k, v in comparable(final).items() if k not in ("epoch", "diverged")}
+    assert carried == {k: v for k, v in comparable(rows[0]).items() if k not in ("epoch", "diverged")}
 
 
 def test_cli_prints_table_and_rejects_bad_flags():
