@@ -15,6 +15,8 @@ import io
 import json
 import logging
 import os
+import pickle
+import sys
 import tempfile
 import time
 from typing import Any
@@ -49,18 +51,44 @@ def trial_config(config: dict[str, Any], overrides: dict[str, Any] | None = None
     return group_configs(config, overrides)[0]
 
 
-def _restore(cfgs: list[TrialConfig], store: ResultStore, earlier: str | None) -> tuple[Trial, float]:
-    """A Trial over the members of the last checkpoint (else over `cfgs`), loaded from it; and
-    the wall seconds spent so far. The checkpoint is Tune's (a retry in this run), else
-    `earlier` (a state.pt on `store.fs` from an earlier run), else none."""
+class UnreadableCheckpoint(Exception):
+    """A checkpoint's state.pt cannot be loaded (e.g. a copy cut short by a crash)."""
+
+
+def _load(path: str, data: bytes | None = None) -> dict[str, Any]:
+    """torch.load of a state.pt (from `data` when given); UnreadableCheckpoint naming `path`."""
+    try:
+        source = io.BytesIO(data) if data is not None else path
+        return torch.load(source, weights_only=False, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UnreadableCheckpoint(f"{path} ({type(exc).__name__}: {first})") from exc
+
+
+def _saved_state(store: ResultStore, earlier: str | None) -> dict[str, Any] | None:
+    """The saved dict of the last checkpoint: Tune's (a retry in this run), else `earlier` (a
+    state.pt on `store.fs` from an earlier run); None without one."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), weights_only=False, map_location="cpu")
-    elif earlier is not None:
+            return _load(os.path.join(d, STATE_FILE))
+    if earlier is not None:
         with store.fs.open_input_stream(earlier) as f:
-            saved = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
-    else:
+            return _load(earlier, f.read())
+    return None
+
+
+def _restore(cfgs: list[TrialConfig], store: ResultStore, earlier: str | None) -> tuple[Trial, float]:
+    """A Trial over the members of the last checkpoint (else over `cfgs`), loaded from it; and
+    the wall seconds spent so far. A checkpoint file that cannot be read is named in a warning
+    and the group starts from its first epoch: otherwise every retry would fail on it."""
+    try:
+        saved = _saved_state(store, earlier)
+    except UnreadableCheckpoint as exc:
+        print(f"warning: checkpoint {exc} is unreadable; training the group from its first "
+              "epoch", file=sys.stderr, flush=True)
+        saved = None
+    if saved is None:
         return Trial(cfgs), 0.0
     by_id = {c.trial_id: c for c in cfgs}
     trial = Trial([by_id[t] for t in saved["state"]["trial_ids"]])

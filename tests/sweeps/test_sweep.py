@@ -20,7 +20,7 @@ from l2bn.config import TrialConfig
 from l2bn.grid import groups, load_grid
 from l2bn.schema import HISTORY_SCHEMA, TRIALS_SCHEMA
 from l2bn.store import ResultStore
-from l2bn.train import train
+from l2bn.train import Trial, train
 from sweeps.errors import SweepError
 from sweeps.run_grid import SweepOptions, check_same_grid, storage_root
 
@@ -517,3 +517,26 @@ def test_a_rerun_continues_a_group_from_an_earlier_runs_checkpoint(tmp_path):
     kept = [p for p in (storage / "group").glob(f"{group_name(ids)}_*/checkpoint_*")
             if "_old_" not in str(p)]
     assert len(kept) == 1, kept  # epochs 2, 3 and 4 checkpointed, one kept
+
+
+def test_unreadable_checkpoint_restarts_the_group_with_a_warning(tmp_path, capsys):
+    """A state.pt cut short (a crash mid-copy) is named in a warning and the group trains from
+    its first epoch; an intact one continues after its epoch (every retry failed before)."""
+    pytest.importorskip("ray")
+    import torch
+
+    from sweeps.trainable import _restore
+
+    cfgs = [TrialConfig(data="synthetic", device="cpu", width=4, batch_size=32, n_train=64,
+                        n_test=32, epochs=3, lr=lr, seed=0) for lr in (0.05, 0.1)]
+    trial, store = Trial(cfgs), ResultStore(str(tmp_path), "s")
+    trial.run_epoch()
+    path = tmp_path / "state.pt"
+    torch.save({"state": trial.state(), "wall_time_s": 4.0}, path)
+    intact, wall = _restore(cfgs, store, str(path))
+    assert (intact.epoch, wall) == (1, 4.0) and "warning" not in capsys.readouterr().err
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    fresh, wall = _restore(cfgs, store, str(path))
+    assert (fresh.epoch, wall, len(fresh.cfgs)) == (0, 0.0, 2)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: checkpoint {path} (") and "from its first epoch" in err
