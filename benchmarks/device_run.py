@@ -82,6 +82,11 @@ class Run:
         self.log_file.write(line + "\n")
         self.log_file.flush()
 
+    def rates(self, precision: str, mode: str = "eager", max_k: float = float("inf")) -> list[dict]:
+        """The measured rows (with a rate) of one precision and mode, K <= max_k."""
+        return [r for r in self.report["rates"] if r["precision"] == precision
+                and r["mode"] == mode and "images_per_s" in r and r["k"] <= max_k]
+
     def save(self) -> None:
         self.report["timing_s"]["total"] = round(self.elapsed(), 1)
         tmp = self.out / ".rates.json.tmp"
@@ -128,8 +133,7 @@ def time_one(run: Run, args: argparse.Namespace, base: TrialConfig, k: int, prec
     run.report["rates"].append(row)
     if "images_per_s" in row:  # against the same precision's eager K = 1 and eager same K
         for key, ref_k in (("ratio_to_k1", 1), ("ratio_to_eager", k)):
-            ref = [r for r in run.report["rates"] if r["k"] == ref_k and r["mode"] == "eager"
-                   and r["precision"] == precision and "images_per_s" in r]
+            ref = [r for r in run.rates(precision, max_k=ref_k) if r["k"] == ref_k]
             if ref and (key == "ratio_to_k1" or compiled):
                 row[key] = round(row["images_per_s"] / ref[0]["images_per_s"], 3)
     run.save()
@@ -142,8 +146,7 @@ def time_one(run: Run, args: argparse.Namespace, base: TrialConfig, k: int, prec
 def estimate_s(run: Run, args: argparse.Namespace, k: int, precision: str, compiled: bool) -> float:
     """Seconds a measurement should take, from the closest smaller K measured (eager); a
     precision's first measurement is guessed at UNKNOWN_S."""
-    known = [r for r in run.report["rates"] if r["precision"] == precision and r["mode"] == "eager"
-             and "images_per_s" in r and r["k"] <= k]
+    known = run.rates(precision, max_k=k)
     if known:
         rate = max(known, key=lambda r: r["k"])["images_per_s"]
         seconds = (1 + args.repeats) * args.steps * args.batch_size * k / rate + 2.0
@@ -160,8 +163,7 @@ def bench(run: Run, args: argparse.Namespace, base: TrialConfig, ks: list[int], 
     """Time each K in fp32 and bf16 while the budget allows (keeping `args.train_s` free until
     the slice has run); with `grow`, a precision stops at the first K that is not faster."""
     for precision in args.precisions:
-        best = max((r["images_per_s"] for r in run.report["rates"] if r["precision"] == precision
-                    and r["mode"] == "eager" and "images_per_s" in r), default=0.0)
+        best = max((r["images_per_s"] for r in run.rates(precision)), default=0.0)
         for k in ks:
             reserve = RESERVE_S + (args.train_s if "train" not in run.report else 0.0)
             need = estimate_s(run, args, k, precision, compiled)
@@ -190,8 +192,7 @@ def plan_epochs(run: Run, cfgs: list[TrialConfig], budget_s: float) -> int:
     """As many epochs as fit in `budget_s`, from the measured fp32 eager rate at the largest K
     <= the group's (training + a test pass at about a third of the cost, +20%)."""
     k = len(cfgs)
-    known = [r for r in run.report["rates"] if r["precision"] == cfgs[0].precision
-             and r["mode"] == "eager" and "images_per_s" in r and r["k"] <= k]
+    known = run.rates(cfgs[0].precision, max_k=k)
     if not known:
         return 1
     rate = max(known, key=lambda r: r["k"])["images_per_s"]
