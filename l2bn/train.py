@@ -32,6 +32,7 @@ EVAL_IMAGES_X_MODELS = 16_000  # evaluation batch x models in the stack: bounds 
 # 10,000 test images took 3-4x longer in batches of 1,777 than of 50. A fixed size, not one
 # that depends on K, so a model's test loss does not depend on the group it trains in.
 EVAL_CPU_BATCH = 50
+EVAL_MIN_BATCH = 50  # on a GPU: however many models share the stack, batches stay at least this
 # Memory layout of the activations, by name; $L2BN_LAYOUT picks one (benchmarks' baselines).
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 LAYOUT_ENV = "L2BN_LAYOUT"
@@ -209,8 +210,10 @@ class Trial:
     def evaluate(self, split: Split, batch_size: int = 1000) -> dict[str, torch.Tensor]:
         """Per-model mean loss and error on a split (K,), on the device; batch norm uses its
         running statistics."""
-        cap = EVAL_IMAGES_X_MODELS // len(self.stack) if self.device.type == "cuda" else EVAL_CPU_BATCH
-        batch_size = max(EVAL_CPU_BATCH, min(batch_size, cap))
+        if self.device.type == "cuda":
+            batch_size = max(EVAL_MIN_BATCH, min(batch_size, EVAL_IMAGES_X_MODELS // len(self.stack)))
+        else:
+            batch_size = EVAL_CPU_BATCH
         loss_sum = torch.zeros(len(self.stack), device=self.device)
         err_sum = torch.zeros(len(self.stack), device=self.device)
         for start in range(0, len(split), batch_size):
