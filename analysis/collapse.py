@@ -195,8 +195,9 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
         row["basis"] = first["basis"]
     version = R.version(settings.rules)
     if version.chance_guard and at_chance(p):
-        reason = (f"every point at chance: mean test error >= {R.CHANCE_ERROR - R.CHANCE_MARGIN:g}"
-                  f" at all {int(p['test_mean'].notna().sum())} non-diverged points")
+        guard = R.CHANCE_ERROR - R.CHANCE_MARGIN
+        reason = basis_note(p) + (f"every point at chance: mean test error >= {guard:g} at all "
+                                  f"{int(p['test_mean'].notna().sum())} non-diverged points")
         iso = ({"n_diagonals": 0, "n_iso_points": 0, "iso_verdict": "INSUFFICIENT",
                 "iso_reason": reason} if version.iso_test else {})
         return row | iso | {"verdict": "INSUFFICIENT", "reason": reason}
@@ -346,8 +347,8 @@ def equilibrium_tables(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
             "balance_q75": float(used["balance"].quantile(0.75)) if len(used) else np.nan,
             "ratio_median": float(used["ang_ratio"].median()) if len(used) else np.nan}
         note = basis_note(p)
-        if note:
-            row["basis"] = "forecast"
+        if "basis" in p:
+            row["basis"] = p.iloc[0]["basis"]
         if not len(used):
             row |= {"verdict": "INSUFFICIENT", "reason": note + "no equilibrated point with a "
                     "measured and predicted angular update"}
@@ -384,17 +385,23 @@ def cell_table(points: pd.DataFrame) -> pd.DataFrame:
 
 def sensitivity_table(points: pd.DataFrame, settings: CheckSettings) -> pd.DataFrame:
     """The collapse slope of each cell under other equilibrium rules: the measured rule with
-    its thresholds scaled by SENSITIVITY_FACTORS, the relaxation rule, all l2 > 0 points."""
-    variants = [("measured", f) for f in R.SENSITIVITY_FACTORS] + [("relaxation", 1.0),
-                                                                     ("all", 1.0)]
+    its thresholds scaled by SENSITIVITY_FACTORS, the relaxation rule (and, under rules with
+    the forecast fallback, the relaxation rule at PLAN_RELAX_FACTOR), all l2 > 0 points. `used`
+    marks the rule the cell's verdict rests on (its basis)."""
+    fallback = R.version(settings.rules).forecast_fallback and settings.equilibrium == "measured"
+    forecast_rule = ("relaxation", R.PLAN_RELAX_FACTOR)
+    variants = ([("measured", f) for f in R.SENSITIVITY_FACTORS] + [("relaxation", 1.0)]
+                + ([forecast_rule] if fallback else []) + [("all", 1.0)])
     rows = []
     for cell, p in points.groupby("cell", sort=True):
         if p.iloc[0]["update"] != "l2" or not (p["l2"] > 0).any():
             continue
+        forecast = "basis" in p and p.iloc[0]["basis"] == "forecast"
+        used = forecast_rule if forecast else (settings.equilibrium, 1.0)
         for rule, factor in variants:
             r = collapse_row(p.assign(equilibrated=equilibrated(p, rule, factor)), settings)
             rows.append({"cell": cell, "rule": rule, "factor": factor,
-                         "used": rule == settings.equilibrium and factor == 1.0,
+                         "used": (rule, factor) == used,
                          **{k: r.get(k, np.nan) for k in ("n_points", "s", "ci_low", "ci_high",
                                                           "lof_p", "verdict", "descriptive")}})
     return pd.DataFrame(rows)

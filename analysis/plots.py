@@ -176,16 +176,21 @@ def _lr_ticks(ax, lrs: np.ndarray) -> None:
 
 
 def _log_ticks(axis, values: pd.Series) -> None:
-    """Short, distinct labels on a log axis: within a factor of 10, ticks at the (up to 5)
-    distinct values or a few evenly spaced ones, two significant digits (a 1-2-5 locator has
-    one tick or none there, and matplotlib's fallback ticks all printed as 2e-2); 1-2-5 ticks
-    within two decades, decades beyond, written as 2e-3; minor ticks unlabelled."""
+    """Short, distinct labels on a log axis. Within a factor of 10 (where a 1-2-5 locator has
+    one tick or none, and matplotlib's fallback ticks all printed as 2e-2): ticks at the (up
+    to 5) distinct values with 2-4 significant digits, as many as keep them apart, else a
+    few evenly spaced ones. Within two decades 1-2-5 ticks, decades beyond, written as 2e-3;
+    minor ticks unlabelled."""
     v = values[values > 0]
     span = np.log10(v.max() / v.min()) if len(v) else 3.0
     if span < 1:  # iso-line designs: a tick at each diagonal's value
         ticks = np.unique(v.round(12))
-        axis.set_major_locator(FixedLocator(ticks) if len(ticks) <= 5 else MaxNLocator(nbins=3))
-        axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}"))
+        fixed = len(ticks) <= 5
+        axis.set_major_locator(FixedLocator(ticks) if fixed else MaxNLocator(nbins=3))
+        # the fewest significant digits (2-4) that keep the fixed ticks' labels apart
+        digits = next((d for d in (2, 3, 4) if len({f"{t:.{d}g}" for t in ticks}) == len(ticks)),
+                      4) if fixed else 2
+        axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.{digits}g}"))
     else:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,),
                                           numticks=8))

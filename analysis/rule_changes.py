@@ -3,7 +3,7 @@ rules versions moves (default: from "2" to the current version).
 
 Applies the changes of analysis/rules.py's version B one at a time, in order, to version A
 and judges the same Parquet files after each: a Markdown table of every verdict that
-moves (and of the checks "3" adds). Shows on earlier data what a new version changes, before
+moves (and of the checks a version adds). Shows on earlier data what a new version changes, before
 it judges new data (README "Results").
 """
 from __future__ import annotations

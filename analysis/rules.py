@@ -12,7 +12,12 @@ Version history:
   last OUTCOME_EVALS evaluations (v3's grids evaluate the full 10,000-image test set every
   epoch); the train-loss collapse is judged beside the test-error one; a cell whose every
   point sits at chance is INSUFFICIENT; the direct iso-line test. Everything else as in "2".
-Version "2" stays selectable (`--rules 2`) so the shipped v2 verdicts reproduce.
+- "4" (issue 17, written after v3c's data and committed with the v3d grid before v3d ran):
+  the forecast fallback (FALLBACK_TEXT). A cell the measured equilibrium rule leaves without
+  enough points, while enough had PLAN_RELAX_FACTOR relaxation times (from each point's
+  measured gradient norm) in their budget, is judged on those points. Everything else as "3".
+Versions "2" and "3" stay selectable (`--rules 2`, `--rules 3`) so the shipped verdicts
+reproduce.
 """
 from __future__ import annotations
 
@@ -220,9 +225,11 @@ FALLBACK_TEXT = (
     "Forecast fallback (rules 4): in an update=l2 cell where the measured equilibrium rule "
     f"leaves fewer than {MIN_POINTS} non-diverged points (or fewer than {MIN_DISTINCT} "
     "distinct lr or l2 values) while the points whose budget holds "
-    f"{PLAN_RELAX_FACTOR:g} forecast relaxation times (theory.relaxation_steps, the planner's "
-    "criterion) meet that count, the forecast-ready points are used instead, by every check of"
-    " the cell (collapse, train-loss collapse, iso-lines, equilibrium); its rows say basis "
-    "'forecast'. The theory promised those points an equilibrium: a cell that does not settle "
+    f"{PLAN_RELAX_FACTOR:g} relaxation times (theory.relaxation_steps with each point's measured"
+    " gradient norm, i.e. the version-1 relaxation rule at factor "
+    f"{PLAN_RELAX_FACTOR:g}) meet that count, the forecast-ready points are used instead, by "
+    "every check of the cell (collapse, train-loss collapse, iso-lines, equilibrium); its rows "
+    "say basis 'forecast'. norm=none controls are included (their expected verdict stays "
+    "FAIL). The theory promised those points an equilibrium: a cell that does not settle "
     "is judged on that promise (its equilibrium check then shows how far from the predicted "
     "angle it is) instead of staying INSUFFICIENT.")

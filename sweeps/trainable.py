@@ -73,8 +73,12 @@ def _saved_state(store: ResultStore, earlier: str | None) -> dict[str, Any] | No
         with checkpoint.as_directory() as d:
             return _load(os.path.join(d, STATE_FILE))
     if earlier is not None:
-        with store.fs.open_input_stream(earlier) as f:
-            return _load(earlier, f.read())
+        try:
+            with store.fs.open_input_stream(earlier) as f:
+                data = f.read()
+        except OSError as exc:  # gone or unreachable since resume.latest_checkpoints found it
+            raise UnreadableCheckpoint(f"{earlier} ({type(exc).__name__}: {exc})") from exc
+        return _load(earlier, data)
     return None
 
 

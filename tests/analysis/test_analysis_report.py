@@ -290,7 +290,8 @@ def test_single_seed_uses_the_residual_bootstrap(tmp_path):
     assert 0.02 < row["ci_high"] - row["ci_low"] < 0.3, (row["ci_low"], row["ci_high"])
 
 
-@pytest.mark.parametrize("values", [(0.0137, 0.0172, 0.0217), (1e-4, 3e-3), (1e-6, 1e-2)])
+@pytest.mark.parametrize("values", [(0.0137, 0.0172, 0.0217), (0.0141, 0.0144, 0.02), (1e-4, 3e-3),
+                                    (1e-6, 1e-2)])
 def test_log_axis_labels_are_distinct(values):
     """The collapse plot's x labels: no two visible ticks print the same (v3d's narrow
     0.014-0.022 range printed '2e-2' five times)."""

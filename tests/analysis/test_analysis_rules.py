@@ -107,8 +107,9 @@ def test_sensitivity_table_lists_every_rule(tmp_path):
                         sensitivity=True, steps_per_epoch=1000)
     t = checks.sensitivity
     assert list(zip(t["rule"], t["factor"], strict=True)) == [
-        ("measured", 0.5), ("measured", 1.0), ("measured", 2.0), ("relaxation", 1.0), ("all", 1.0)]
-    assert list(t["used"]) == [False, True, False, False, False]
+        ("measured", 0.5), ("measured", 1.0), ("measured", 2.0), ("relaxation", 1.0),
+        ("relaxation", 3.0), ("all", 1.0)]  # relaxation x3: the forecast basis of rules 4
+    assert list(t["used"]) == [False, True, False, False, False, False]
     used = row(checks.collapse, "sgd/batch/l2")
     assert t.loc[t["used"], "n_points"].item() == used["n_points"]
     assert t.loc[t["rule"] == "all", "n_points"].item() == 25

@@ -7,7 +7,7 @@ import pytest
 from test_rules_v3 import SGD_LRS, SGD_PRODUCTS, cell, diagonals, rising
 
 from analysis import rules as R
-from analysis.collapse import CheckSettings, run_checks
+from analysis.collapse import CheckSettings, run_checks, verdict_table
 from analysis.load import load_results
 from analysis.synthetic import SyntheticSweep, write_sweep
 
@@ -29,8 +29,8 @@ def unsettled(tmp_path, error, jump=2.0, **sweep):
     return load_results(str(tmp_path))
 
 
-def judged(results, rules):
-    return run_checks(results, CheckSettings(n_boot=100, rules=rules), False)
+def judged(results, rules, sensitivity=False):
+    return run_checks(results, CheckSettings(n_boot=100, rules=rules), sensitivity)
 
 
 def test_unsettled_cell_is_judged_on_its_forecast_points(tmp_path):
@@ -71,9 +71,43 @@ def test_settled_cell_is_untouched(tmp_path):
     v3, v4 = judged(results, "3"), judged(results, "4")
     assert v3.points["equilibrated"].all()
     assert (v4.points["basis"] == "measured").all()
-    for a, b in ((v3.collapse, v4.collapse), (v3.equilibrium_cells, v4.equilibrium_cells)):
-        assert cell(a)["verdict"] == cell(b)["verdict"] and cell(a)["reason"] == cell(b)["reason"]
-    assert cell(v3.collapse)["s"] == cell(v4.collapse)["s"]
+    assert verdict_table(v3).equals(verdict_table(v4))
+    for name in ("collapse", "collapse_train", "equilibrium_cells", "points"):
+        a, b = getattr(v3, name), getattr(v4, name).drop(columns="basis")
+        pd.testing.assert_frame_equal(a, b[a.columns])
+
+
+def test_each_cell_is_judged_on_its_own_basis(tmp_path):
+    """sgd + batch norm settles (every point), adam + batch norm does not (its angles jump):
+    only adam's cell falls back; a cell with 3-5 measured points (too few) falls back too."""
+    write_sweep(tmp_path, SyntheticSweep(rising, optimizers=("sgd", "adam"), steps_per_epoch=20_000,
+                                         points=diagonals(SGD_LRS, SGD_PRODUCTS)))
+    for kind in ("history", "trials"):
+        for path in (tmp_path / kind).glob("*.parquet"):
+            t = pd.read_parquet(path)
+            last = t["epoch"] == t["epoch"].max()
+            # adam: every point unsettled; sgd: only its largest lr (3 of 12 points)
+            jump = (t["optimizer"] == "adam") | (t["lr"] == max(SGD_LRS))
+            t.loc[last & jump, "conv1_angular_update"] *= 2.0
+            t.to_parquet(path, index=False)
+    checks = judged(load_results(str(tmp_path)), "4", sensitivity=True)
+    sgd, adam = cell(checks.collapse, "sgd/batch/l2"), cell(checks.collapse, "adam/batch/l2")
+    assert (sgd["basis"], sgd["n_points"]) == ("measured", 9)
+    assert (adam["basis"], adam["n_points"]) == ("forecast", 12)
+    sens = checks.sensitivity.set_index(["cell", "rule", "factor"])["used"]
+    assert sens[("adam/batch/l2", "relaxation", 3.0)] and sens[("sgd/batch/l2", "measured", 1.0)]
+    assert sens.sum() == 2  # one used rule per cell
+    assert cell(checks.equilibrium_cells, "sgd/batch/l2")["basis"] == "measured"
+
+    # sgd with only its 3 lr = 0.025 points settled (too few) falls back as well
+    results = load_results(str(tmp_path))
+    h = results.history
+    last = h["epoch"] == h.groupby("trial_id")["epoch"].transform("max")
+    h.loc[last & (h["optimizer"] == "sgd") & (h["lr"] > 0.025), "conv1_angular_update"] *= 2.0
+    assert judged(results, "3").points.groupby("cell")["equilibrated"].sum().to_dict() == {
+        "adam/batch/l2": 0, "sgd/batch/l2": 3}
+    sgd = cell(judged(results, "4").collapse, "sgd/batch/l2")
+    assert (sgd["basis"], sgd["n_points"]) == ("forecast", 12)
 
 
 def test_fallback_off_for_exploration_rules(tmp_path):

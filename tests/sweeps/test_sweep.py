@@ -519,6 +519,7 @@ def test_a_rerun_continues_a_group_from_an_earlier_runs_checkpoint(tmp_path):
     assert len(kept) == 1, kept  # epochs 2, 3 and 4 checkpointed, one kept
 
 
+@pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant to only be called")
 def test_unreadable_checkpoint_restarts_the_group_with_a_warning(tmp_path, capsys):
     """A state.pt cut short (a crash mid-copy) is named in a warning and the group trains from
     its first epoch; an intact one continues after its epoch (every retry failed before)."""
@@ -540,3 +541,6 @@ def test_unreadable_checkpoint_restarts_the_group_with_a_warning(tmp_path, capsy
     assert (fresh.epoch, wall, len(fresh.cfgs)) == (0, 0.0, 2)
     err = capsys.readouterr().err
     assert err.startswith(f"warning: checkpoint {path} (") and "from its first epoch" in err
+    gone = tmp_path / "gone.pt"  # deleted after resume.latest_checkpoints listed it
+    assert _restore(cfgs, store, str(gone))[0].epoch == 0
+    assert capsys.readouterr().err.startswith(f"warning: checkpoint {gone} (FileNotFoundError")
