@@ -20,10 +20,10 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"
 # name: (trials, history rows, has the per-cell table of issue 11)
 SHIPPED = {"cpu": (176, 704, False), "cpu_adam": (40, 160, False), "v2": (336, 1334, True),
            "v3": (486, 3331, True), "v3b": (63, 441, True), "v3c": (27, 756, True),
-           "v3d": (27, 756, True), "v3e": (27, 756, True)}
+           "v3d": (27, 756, True), "v3e": (27, 756, True), "v3f": (27, 189, True)}
 # v3: 27 diverged trials stop at their diverged epoch
 RULES = {"cpu": "2", "cpu_adam": "2", "v2": "2", "v3": "3", "v3b": "3", "v3c": "3",
-         "v3d": "4", "v3e": "4"}  # as run
+         "v3d": "4", "v3e": "4", "v3f": "4"}  # as run
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "ratio", "l2_effect",
          "l2_p", "lr_p", "balance_median", "ratio_median", "best_error", "best_lr", "best_l2",
          "conv1_dead_median", "conv2_dead_median", "conv3_dead_median", "conv3_dead_used_median",
