@@ -193,16 +193,15 @@ def collapse_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
         "diverged": [[float(a), float(b)] for a, b in zip(diverged["lr"], diverged["l2"], strict=True)]}
     if "basis" in p:
         row["basis"] = first["basis"]
-    version = R.version(settings.rules)
+    version, note = R.version(settings.rules), basis_note(p)
     if version.chance_guard and at_chance(p):
         guard = R.CHANCE_ERROR - R.CHANCE_MARGIN
-        reason = basis_note(p) + (f"every point at chance: mean test error >= {guard:g} at all "
-                                  f"{int(p['test_mean'].notna().sum())} non-diverged points")
+        reason = note + (f"every point at chance: mean test error >= {guard:g} at all "
+                         f"{int(p['test_mean'].notna().sum())} non-diverged points")
         iso = ({"n_diagonals": 0, "n_iso_points": 0, "iso_verdict": "INSUFFICIENT",
                 "iso_reason": reason} if version.iso_test else {})
         return row | iso | {"verdict": "INSUFFICIENT", "reason": reason}
     row |= iso_line_test(used, s_theory) if version.iso_test else {}
-    note = basis_note(p)
     if note and "iso_reason" in row:
         row["iso_reason"] = note + row["iso_reason"]
     if not enough_points(used):
@@ -388,10 +387,9 @@ def sensitivity_table(points: pd.DataFrame, settings: CheckSettings) -> pd.DataF
     its thresholds scaled by SENSITIVITY_FACTORS, the relaxation rule (and, under rules with
     the forecast fallback, the relaxation rule at PLAN_RELAX_FACTOR), all l2 > 0 points. `used`
     marks the rule the cell's verdict rests on (its basis)."""
-    fallback = R.version(settings.rules).forecast_fallback and settings.equilibrium == "measured"
     forecast_rule = ("relaxation", R.PLAN_RELAX_FACTOR)
     variants = ([("measured", f) for f in R.SENSITIVITY_FACTORS] + [("relaxation", 1.0)]
-                + ([forecast_rule] if fallback else []) + [("all", 1.0)])
+                + ([forecast_rule] if "basis" in points else []) + [("all", 1.0)])
     rows = []
     for cell, p in points.groupby("cell", sort=True):
         if p.iloc[0]["update"] != "l2" or not (p["l2"] > 0).any():

@@ -19,7 +19,14 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import (
+    FixedFormatter,
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from l2bn import theory
 from l2bn.schema import LAYERS, layer_column, layer_columns
@@ -165,6 +172,15 @@ def _suptitle(fig: Figure, text: str) -> None:
     fig.suptitle(textwrap.fill(text, int(fig.get_figwidth() * 14)), fontsize=9)
 
 
+def _value_labels(values: np.ndarray) -> list[str]:
+    """Labels of tick values with the fewest significant digits (2-4) that keep them apart."""
+    for digits in (2, 3, 4):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
 def _lr_ticks(ax, lrs: np.ndarray) -> None:
     """Decade ticks on a log10(lr) x axis; the values themselves when they span < 1 decade."""
     logs = np.log10(lrs)
@@ -172,7 +188,7 @@ def _lr_ticks(ax, lrs: np.ndarray) -> None:
     if len(decades) >= 2:
         ax.set_xticks(decades, [f"1e{int(d)}" for d in decades])
     else:
-        ax.set_xticks(logs, [f"{v:.2g}" for v in lrs])
+        ax.set_xticks(logs, _value_labels(lrs))
 
 
 def _log_ticks(axis, values: pd.Series) -> None:
@@ -183,14 +199,13 @@ def _log_ticks(axis, values: pd.Series) -> None:
     minor ticks unlabelled."""
     v = values[values > 0]
     span = np.log10(v.max() / v.min()) if len(v) else 3.0
-    if span < 1:  # iso-line designs: a tick at each diagonal's value
-        ticks = np.unique(v.round(12))
-        fixed = len(ticks) <= 5
-        axis.set_major_locator(FixedLocator(ticks) if fixed else MaxNLocator(nbins=3))
-        # the fewest significant digits (2-4) that keep the fixed ticks' labels apart
-        digits = next((d for d in (2, 3, 4) if len({f"{t:.{d}g}" for t in ticks}) == len(ticks)),
-                      4) if fixed else 2
-        axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.{digits}g}"))
+    ticks = np.unique(v.round(12))
+    if span < 1 and len(ticks) <= 5:  # iso-line designs: a tick at each diagonal's value
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FixedFormatter(_value_labels(ticks)))
+    elif span < 1:
+        axis.set_major_locator(MaxNLocator(nbins=3))
+        axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}"))
     else:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,),
                                           numticks=8))

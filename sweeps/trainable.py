@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
@@ -55,11 +56,15 @@ class UnreadableCheckpoint(Exception):
     """A checkpoint's state.pt cannot be loaded (e.g. a copy cut short by a crash)."""
 
 
-def _load(path: str, data: bytes | None = None) -> dict[str, Any]:
-    """torch.load of a state.pt (from `data` when given); UnreadableCheckpoint naming `path`."""
+def _load(path: str, fs: pafs.FileSystem | None = None) -> dict[str, Any]:
+    """torch.load of a state.pt (a local path, or one on `fs`); UnreadableCheckpoint naming
+    `path` when it is gone or cannot be loaded."""
     try:
-        source = io.BytesIO(data) if data is not None else path
-        return torch.load(source, weights_only=False, map_location="cpu")
+        if fs is None:
+            return torch.load(path, weights_only=False, map_location="cpu")
+        with fs.open_input_stream(path) as f:
+            data = io.BytesIO(f.read())
+        return torch.load(data, weights_only=False, map_location="cpu")
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise UnreadableCheckpoint(f"{path} ({type(exc).__name__}: {first})") from exc
@@ -72,14 +77,7 @@ def _saved_state(store: ResultStore, earlier: str | None) -> dict[str, Any] | No
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             return _load(os.path.join(d, STATE_FILE))
-    if earlier is not None:
-        try:
-            with store.fs.open_input_stream(earlier) as f:
-                data = f.read()
-        except OSError as exc:  # gone or unreachable since resume.latest_checkpoints found it
-            raise UnreadableCheckpoint(f"{earlier} ({type(exc).__name__}: {exc})") from exc
-        return _load(earlier, data)
-    return None
+    return _load(earlier, store.fs) if earlier is not None else None
 
 
 def _restore(cfgs: list[TrialConfig], store: ResultStore, earlier: str | None) -> tuple[Trial, float]:

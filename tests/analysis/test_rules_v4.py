@@ -18,15 +18,18 @@ def unsettled(tmp_path, error, jump=2.0, **sweep):
     passes the measured equilibrium test."""
     sweep.setdefault("steps_per_epoch", 20_000)
     write_sweep(tmp_path, SyntheticSweep(error, points=diagonals(SGD_LRS, SGD_PRODUCTS), **sweep))
-    for path in (tmp_path / "history").glob("*.parquet"):  # on disk, for analysis.rule_changes
-        h = pd.read_parquet(path)
-        h.loc[h["epoch"] == h["epoch"].max(), "conv1_angular_update"] *= jump
-        h.to_parquet(path, index=False)
-    for path in (tmp_path / "trials").glob("*.parquet"):  # the final row is the last epoch's
-        t = pd.read_parquet(path)
-        t["conv1_angular_update"] *= jump
-        t.to_parquet(path, index=False)
+    jump_last_angle(tmp_path, jump)
     return load_results(str(tmp_path))
+
+
+def jump_last_angle(folder, jump, where=lambda rows: True):
+    """Multiply conv1's angle in the last epoch of the trials `where` selects by `jump`, on
+    disk (for analysis.rule_changes): in history and in the summary row (the last epoch's)."""
+    for kind in ("history", "trials"):
+        for path in (folder / kind).glob("*.parquet"):
+            t = pd.read_parquet(path)
+            t.loc[(t["epoch"] == t["epoch"].max()) & where(t), "conv1_angular_update"] *= jump
+            t.to_parquet(path, index=False)
 
 
 def judged(results, rules, sensitivity=False):
@@ -82,14 +85,8 @@ def test_each_cell_is_judged_on_its_own_basis(tmp_path):
     only adam's cell falls back; a cell with 3-5 measured points (too few) falls back too."""
     write_sweep(tmp_path, SyntheticSweep(rising, optimizers=("sgd", "adam"), steps_per_epoch=20_000,
                                          points=diagonals(SGD_LRS, SGD_PRODUCTS)))
-    for kind in ("history", "trials"):
-        for path in (tmp_path / kind).glob("*.parquet"):
-            t = pd.read_parquet(path)
-            last = t["epoch"] == t["epoch"].max()
-            # adam: every point unsettled; sgd: only its largest lr (3 of 12 points)
-            jump = (t["optimizer"] == "adam") | (t["lr"] == max(SGD_LRS))
-            t.loc[last & jump, "conv1_angular_update"] *= 2.0
-            t.to_parquet(path, index=False)
+    # adam: every point unsettled; sgd: only its largest lr (3 of 12 points)
+    jump_last_angle(tmp_path, 2.0, lambda t: (t["optimizer"] == "adam") | (t["lr"] == max(SGD_LRS)))
     checks = judged(load_results(str(tmp_path)), "4", sensitivity=True)
     sgd, adam = cell(checks.collapse, "sgd/batch/l2"), cell(checks.collapse, "adam/batch/l2")
     assert (sgd["basis"], sgd["n_points"]) == ("measured", 9)
