@@ -165,6 +165,29 @@ def test_a_new_sweep_of_the_same_shape_reuses_the_cached_probe(tmp_path, monkeyp
     assert probe.cached(probe.cache_key(_grid(1, 1)[0], [1, 4, 8, 16], [1, 2], 2))["rates"] == WIDE
 
 
+def test_a_sweep_with_other_candidates_measures_again_and_chooses_from_its_own(
+        tmp_path, monkeypatch, capsys):
+    """Same shape, another group size: groups of 9 probe K in (1, 4, 8, 9), not the first
+    sweep's (1, 4, 8, 16), so its rates are not reused (choose would look up K = 9 in them).
+    It measures its own candidates and picks K = 9 on two threads: per slot use, the scores
+    are K=1 8000*0.9, K=4 14000*0.75, K=8 17000*0.9 = 15300 (one thread) and K=9 16000*1.0
+    (two threads, one slot)."""
+    first, calls, _, _ = _resolve(tmp_path / "a", monkeypatch, WIDTH8)  # one group of 32
+    assert calls == [([1, 4, 8, 16], [1, 2], 2)] and first.fuse == 16
+    nine = {**WIDTH8, (9, 1): 18000, (9, 2): 16000}
+    again, calls, _, _ = _resolve(tmp_path / "b", monkeypatch, nine, configs=_grid(3, 3))
+    assert calls == [([1, 4, 8, 9], [1, 2], 2)]
+    assert not again.probe["reused"] and (again.fuse, again.cpus_per_trial) == (9, 2.0)
+    assert {(r["k"], r["threads"]) for r in again.probe["rates"]} == {
+        (k, t) for k in (1, 4, 8, 9) for t in (1, 2)}
+    # both probes are cached, each under its own candidates: a third sweep of either reuses
+    shape = _grid(1, 1)[0]
+    for ks, rates in (([1, 4, 8, 16], WIDTH8), ([1, 4, 8, 9], {k: nine[k] for k in nine if k[0] != 16})):
+        assert probe.cached(probe.cache_key(shape, ks, [1, 2], 2))["rates"] == rates
+    _, calls, _, _ = _resolve(tmp_path / "c", monkeypatch, WIDE, configs=_grid(3, 3))
+    assert calls == []
+
+
 @pytest.mark.parametrize("flags, expected", [([], 1), (["--num-cpus", "3"], 3),
                                              (["--address", "127.0.0.1:1"], None)])
 def test_local_ray_gets_the_cpus_the_probe_planned_for(tmp_path, monkeypatch, flags, expected):
