@@ -544,3 +544,39 @@ def test_unreadable_checkpoint_restarts_the_group_with_a_warning(tmp_path, capsy
     gone = tmp_path / "gone.pt"  # deleted after resume.latest_checkpoints listed it
     assert _restore(cfgs, store, str(gone))[0].epoch == 0
     assert capsys.readouterr().err.startswith(f"warning: checkpoint {gone} (FileNotFoundError")
+
+
+@pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant to only be called")
+@pytest.mark.parametrize("source", ["earlier run", "Tune retry"])
+@pytest.mark.parametrize("cut, raised", [(100, "RuntimeError"), (0, "EOFError")])
+def test_a_checkpoint_cut_at_its_start_restarts_the_group_with_a_warning(
+        tmp_path, monkeypatch, capsys, source, cut, raised):
+    """A state.pt cut to its first 100 bytes (torch.load: RuntimeError, no zip directory) or to
+    nothing (EOFError), from an earlier run or as Tune's checkpoint of a retry: named in a
+    warning, the group trains from its first epoch, as for a file cut in half."""
+    pytest.importorskip("ray")
+    import torch
+    from ray.tune import Checkpoint
+
+    import sweeps.trainable
+    from sweeps.trainable import _restore
+
+    cfgs = [TrialConfig(data="synthetic", device="cpu", width=4, batch_size=32, n_train=64,
+                        n_test=32, epochs=3, lr=lr, seed=0) for lr in (0.05, 0.1)]
+    trial, store = Trial(cfgs), ResultStore(str(tmp_path), "s")
+    trial.run_epoch()
+    folder = tmp_path / "checkpoint_000000"
+    folder.mkdir()
+    path = folder / "state.pt"
+    torch.save({"state": trial.state(), "wall_time_s": 4.0}, path)
+    path.write_bytes(path.read_bytes()[:cut])
+    assert path.stat().st_size == cut
+    earlier = str(path) if source == "earlier run" else None
+    if source == "Tune retry":
+        monkeypatch.setattr(sweeps.trainable.tune, "get_checkpoint",
+                            lambda: Checkpoint.from_directory(str(folder)))
+    fresh, wall = _restore(cfgs, store, earlier)
+    assert (fresh.epoch, wall, [c.lr for c in fresh.cfgs]) == (0, 0.0, [0.05, 0.1])
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: checkpoint {path} ({raised}: "), err
+    assert "from its first epoch" in err
