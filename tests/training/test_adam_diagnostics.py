@@ -115,6 +115,31 @@ def test_autocorrelation_pairs_steps_within_the_epoch():
     assert columns(cfg, w, tracker, 0)["w_grad_autocorr"] == pytest.approx(-1.0, abs=1e-6)
 
 
+def test_autocorrelation_is_a_cosine_whatever_the_norms():
+    """Successive gradients of other norms: g then 2g is cos 1, g then -3g is -1, and
+    (1, 0, ...) then (3, 4, 0, ...) is 3/5, per model of a stack and for one model alone
+    (dividing by the previous gradient's norm squared would give 2, -3 and 3)."""
+    g = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    e1, e34 = torch.zeros(3, 4), torch.zeros(3, 4)
+    e1[0, 0], e34[0, 0], e34[0, 1] = 1.0, 3.0, 4.0
+    pairs = [(g, 2 * g), (g, -3 * g), (e1, e34)]
+    expected = [1.0, -1.0, 0.6]
+    cfgs = [TrialConfig(optimizer="sgd", lr=0.1, l2=0.0) for _ in pairs]
+    w, opt, tracker = stacked(cfgs, torch.ones(3, 3, 4))
+    for step in range(2):
+        train_step(w, opt, tracker, torch.stack([pair[step] for pair in pairs]))
+    assert tracker.counts["w"]["grad_autocorr"] == 1
+    got = [columns(c, w, tracker, k)["w_grad_autocorr"] for k, c in enumerate(cfgs)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    for (first, second), want in zip(pairs, expected, strict=True):
+        one = torch.ones(3, 4, requires_grad=True)
+        alone = UpdateTracker({"w": one})
+        for grad in (first, second):
+            one.grad = grad.clone()
+            alone.snapshot()
+        assert alone.means()["w"]["grad_autocorr"] == pytest.approx(want, abs=1e-6)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
 def test_sgd_rows_have_no_adam_step(optimizer):
     (row,) = Trial(TrialConfig(**SMALL, epochs=1, optimizer=optimizer, lr=0.05, l2=1e-3)).run_epoch()
