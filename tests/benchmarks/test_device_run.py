@@ -180,6 +180,42 @@ def test_time_budget_plans_the_slice_and_skips_what_does_not_fit(tmp_path):
     assert [(s["k"], s["precision"]) for s in run.report["skipped"]] == [(1, "fp32"), (1, "bf16")]
 
 
+def test_the_grow_phase_stops_on_eager_rates_only(tmp_path, monkeypatch):
+    """The eager grow phase goes on while each K is at least 3% faster than the best eager
+    rate of its precision; a compiled row at K = 49 faster than every eager one does not
+    count. fp32: 1100 >= 1.03 * 1000, 1200 >= 1.03 * 1100, 1210 < 1.03 * 1200 -> stop
+    after K = 128; bf16: 2100 >= 2060, 2110 < 2163 -> stop after K = 96. Measured against
+    the compiled 5000 and 3000, each would stop at its first K."""
+    dr = load_script("device_run")
+    args = dr.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    run = dr.Run(tmp_path / "out", budget_s=1e6)
+    rows = [(1, "fp32", "eager", 100.0), (49, "fp32", "eager", 1000.0),
+            (49, "fp32", "compiled", 5000.0), (49, "bf16", "eager", 2000.0),
+            (49, "bf16", "compiled", 3000.0)]
+    run.report["rates"] = [{"k": k, "precision": p, "mode": m, "images_per_s": r}
+                           for k, p, m, r in rows]
+    run.report["train"] = {}  # the slice ran: nothing kept back for it
+    grown = {"fp32": {64: 1100.0, 96: 1200.0, 128: 1210.0, 192: 2000.0},
+             "bf16": {64: 2100.0, 96: 2110.0, 128: 4000.0, 192: 4000.0}}
+    timed = []
+
+    def fake_time_one(run, args, base, k, precision, compiled):
+        row = {"k": k, "precision": precision, "mode": "compiled" if compiled else "eager",
+               "images_per_s": grown[precision][k]}
+        timed.append((k, precision, row["mode"]))
+        run.report["rates"].append(row)
+        return row
+
+    monkeypatch.setattr(dr, "time_one", fake_time_one)
+    dr.bench(run, args, dr.TrialConfig(), [64, 96, 128, 192], compiled=False, grow=True)
+    assert timed == [(64, "fp32", "eager"), (96, "fp32", "eager"), (128, "fp32", "eager"),
+                     (64, "bf16", "eager"), (96, "bf16", "eager")]
+    assert run.report["skipped"] == []
+    assert [r["k"] for r in run.rates("fp32")] == [1, 49, 64, 96, 128]  # eager only
+    assert [r["images_per_s"] for r in run.rates("fp32", "compiled")] == [5000.0]
+    assert [r["k"] for r in run.rates("bf16", max_k=64)] == [49, 64]
+
+
 def test_a_missing_data_copy_is_one_line_at_once(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_run.py"), "--data-dir",
                            str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "out")],
