@@ -7,10 +7,9 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from . import rules as R
+from . import protocol as P
 from .collapse import Checks, verdict_table
-from .fit import CI_LEVEL, S_GRID
-from .load import CHANCE_ERROR, Results
+from .load import Results
 
 
 def _clean(value):
@@ -33,11 +32,9 @@ def _records(df: pd.DataFrame) -> list[dict]:
 def to_json(checks: Checks, results: Results) -> str:
     """collapse.json: settings, thresholds, inputs and every statistic (deterministic)."""
     payload = {
-        "settings": asdict(checks.settings) | {"s_grid": [float(S_GRID[0]), float(S_GRID[-1]),
-                                                          round(float(S_GRID[1] - S_GRID[0]), 10)]},
-        "rules_version": checks.settings.rules,
-        "thresholds": R.thresholds(checks.settings.rules)
-        | {"ci_level": CI_LEVEL, "chance_error": CHANCE_ERROR},
+        "settings": asdict(checks.settings),
+        "protocol": P.PROTOCOL,
+        "thresholds": P.thresholds(),
         "inputs": {"n_found": results.n_found, "n_used": len(results.trials),
                    "n_skipped": len(results.skipped),
                    "skipped": [[t, kind] for t, kind, _ in results.skipped]},
@@ -47,10 +44,10 @@ def to_json(checks: Checks, results: Results) -> str:
         "equilibrium": _records(checks.equilibrium_cells),
         "equilibrium_points": _records(checks.equilibrium),
         "sensitivity": _records(checks.sensitivity) if checks.sensitivity is not None else [],
-        "cells": _records(checks.cells) if checks.cells is not None else [],
+        "cells": _records(checks.cells),
+        "collapse_train": _records(checks.collapse_train),
+        "family": _records(checks.family),
     }
-    if checks.collapse_train is not None:  # rules "3" on
-        payload["collapse_train"] = _records(checks.collapse_train)
     return json.dumps(_clean_tree(payload), indent=1, sort_keys=True, allow_nan=False)
 
 
@@ -64,8 +61,8 @@ def _clean_tree(value):
 
 def to_csv_frame(checks: Checks) -> pd.DataFrame:
     """collapse.csv: one row per statistic-bearing row of every check, columns united."""
-    train = checks.collapse_train if checks.collapse_train is not None else pd.DataFrame()
-    parts = [checks.collapse.assign(check="collapse"), train.assign(check="collapse_train"),
+    parts = [checks.collapse.assign(check="collapse"),
+             checks.collapse_train.assign(check="collapse_train"),
              checks.projection.assign(check="projection"),
              checks.equilibrium_cells.assign(check="equilibrium"),
              checks.equilibrium.assign(check="equilibrium_point")]
@@ -74,7 +71,7 @@ def to_csv_frame(checks: Checks) -> pd.DataFrame:
         if col in frame:
             frame[col] = [" ".join(f"{a:g}/{b:g}" for a, b in e) if isinstance(e, list) else ""
                           for e in frame[col]]
-    for col in ("lof_df", "l2_df", "iso_products"):
+    for col in ("iso_products", "verdict_by_edge", "iso_verdict_by_edge"):
         if col in frame:
             frame[col] = [" ".join(str(v) for v in e) if isinstance(e, list) else ""
                           for e in frame[col]]

@@ -23,7 +23,7 @@ from l2bn import theory
 from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS, layer_columns
 
-from .rules import CHANCE_ERROR
+from .checks.premise import CHANCE_ERROR
 
 DEFAULT_N_TRAIN = 50_000
 # Config fields besides (optimizer, norm, update, lr, l2, seed) that define a separate setting

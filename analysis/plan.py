@@ -1,10 +1,10 @@
 """Can a grid answer the collapse check? Per (optimizer, norm, setting) cell with update=l2,
 the grid points that can equilibrate within their budget, before anything runs.
 
-A point counts when PLAN_RELAX_FACTOR relaxation times (theory.relaxation_steps, the slowest
+A point counts when RELAX_FACTOR relaxation times (theory.relaxation_steps, the slowest
 conv layer; Adam's from the group size and an assumed unit gradient norm PLAN_GRAD) fit in
 its steps; a cell can be decided with MIN_POINTS such points over MIN_DISTINCT lr and l2
-values (analysis/rules.py). The measured rule decides after the run; this is its forecast.
+values (analysis/checks/premise.py). The measured rule decides after the run; this is its forecast.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from l2bn import theory
 from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS
 
-from . import rules as R
+from . import protocol as P
+from .checks import premise as R
 from .load import DEFAULT_N_TRAIN
 
 CELL = ("optimizer", "norm", "l2_scope", "scale_invariant")  # one collapse cell per combination
@@ -36,7 +37,7 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
         budget = (cfg.n_train or DEFAULT_N_TRAIN) // cfg.batch_size * cfg.epochs
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
                      "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
-                     "ok": R.PLAN_RELAX_FACTOR * forecast_steps(cfg) <= budget})
+                     "ok": R.RELAX_FACTOR * forecast_steps(cfg) <= budget})
     points = pd.DataFrame(rows)
     out = []
     for key, p in points.groupby(list(CELL), sort=True):
@@ -54,8 +55,8 @@ def describe(configs: list[TrialConfig]) -> str:
     if table.empty:
         return "collapse forecast: no update=l2 cell with l2 > 0"
     bad = table[~table["decidable"]]
-    head = (f"collapse forecast (rules version {R.RULES_VERSION}): points that can equilibrate "
-            f"({R.PLAN_RELAX_FACTOR:g} relaxation times within the budget) per cell; "
+    head = (f"collapse forecast (protocol {P.PROTOCOL}): points that can equilibrate "
+            f"({R.RELAX_FACTOR:g} relaxation times within the budget) per cell; "
             f"{len(table) - len(bad)} of {len(table)} cells decidable")
     return head + "\n" + table.to_string(index=False) + (
         "" if bad.empty else "\nundecidable: " + ", ".join(

@@ -32,7 +32,7 @@ from l2bn import theory
 from l2bn.schema import LAYERS, layer_column, layer_columns
 
 from .collapse import DEAD_COLUMNS
-from .load import CHANCE_ERROR
+from .checks.premise import CHANCE_ERROR
 
 PANEL = (3.2, 2.7)  # inches per panel
 MAX_COLS = 4

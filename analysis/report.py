@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from . import rules as R
+from . import protocol as P
 from .collapse import (
-    EQUILIBRIUM_RULES,
     Checks,
     CheckSettings,
     missing_points,
@@ -50,18 +49,21 @@ FIGURES = {
                              "where the collapse should not hold.",
 }
 FIGURE_NUMBERS = {name: int(name.split("_")[0].removeprefix("fig")) for name in FIGURES}
-COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_excluded", "n_lr", "n_l2", "bootstrap", "s",
-                    "ci_low", "ci_high", "s_theory", "lof_p", "r2_1d", "r2_lr", "r2_l2",
-                    "r2adj_1d", "r2adj_lr", "r2adj_l2", "gain", "descriptive", "verdict"]
+COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_ready", "n_excluded", "n_lr", "n_l2", "dof",
+                    "s", "ci_low", "ci_high", "s_theory", "lof_p", "lof_p_adj", "slope_p_equiv",
+                    "slope_p_equiv_adj", "slope_p_out", "slope_p_out_adj", "r2adj_1d",
+                    "r2adj_lr", "r2adj_l2", "gain", "verdict_by_edge", "verdict"]
 ISO_COLUMNS = ["cell", "n_diagonals", "n_iso_points", "iso_products", "iso_slope", "iso_slope_se",
-               "iso_along_p", "iso_across_p", "iso_along", "iso_across", "iso_verdict", "s",
-               "ci_low", "ci_high", "verdict"]
-PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "test", "l2_effect", "l2_p",
-                      "lr_p", "noise_sd", "ratio", "ratio_update_l2", "verdict"]
+               "iso_along", "iso_along_low", "iso_along_high", "iso_p_equiv", "iso_p_equiv_adj",
+               "iso_p_out", "iso_p_out_adj", "iso_across_p", "iso_across_p_adj", "iso_across",
+               "iso_verdict_by_edge", "iso_verdict"]
+PROJECTION_COLUMNS = ["cell", "n_points", "large_l2", "n_large_l2", "l2_effect", "l2_effect_low",
+                      "l2_effect_high", "l2_p_equiv", "l2_p_equiv_adj", "l2_p_out",
+                      "l2_p_out_adj", "lr_p", "verdict_by_edge", "verdict"]
 EQUILIBRIUM_COLUMNS = ["cell", "n_points", "balance_exponent", "balance_median", "balance_q25",
-                       "balance_q75", "ratio_median", "verdict"]
-SENSITIVITY_COLUMNS = ["cell", "rule", "factor", "used", "n_points", "s", "ci_low", "ci_high",
-                       "lof_p", "descriptive", "verdict"]
+                       "balance_q75", "ratio_median", "verdict_by_edge", "verdict"]
+SENSITIVITY_COLUMNS = ["cell", "check", "variant", "dof", "n_points", "s", "ci_low", "ci_high",
+                       "lof_p", "verdict"]
 
 
 def parse_cell(text: str) -> dict:
@@ -153,14 +155,19 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
     blocks: list[Block] = [
         Text(f"Results: {results.uri}. Used {len(results.trials)} of {results.n_found} trials "
              f"found; skipped {len(results.skipped)}."),
-        Text(f"Verdicts under rules version {checks.settings.rules} (analysis/rules.py)."),
+        Text(f"Verdicts under protocol {P.PROTOCOL} (docs/protocol.md)"
+             + (f"; EXPLORATION: large l2 set to {checks.settings.large_l2:g}."
+                if checks.settings.large_l2 is not None else ".")),
         Heading("Verdicts"), Table(verdicts, "verdicts"),
-        Heading("Rules and thresholds"), Bullets(tuple(R.rule_texts(checks.settings))),
+        Heading("Protocol"), Bullets(tuple(P.wording())),
         Heading("Figures")]
     blocks += [FigureRef(n, f"Figure {FIGURE_NUMBERS[n]}. {FIGURES[n]}") for n in figure_names]
     blocks += [Heading("Collapse statistics (update=l2, l2 > 0)"),
                Table(_cols(checks.collapse, COLLAPSE_COLUMNS), "collapse"),
-               *version_blocks(checks),
+               Heading("Iso-line test: along and across the theory's diagonals"),
+               Table(_cols(checks.collapse, ISO_COLUMNS), "iso_lines"),
+               Heading("Collapse of the train loss (mean of the last evaluations)"),
+               Table(_cols(checks.collapse_train, COLLAPSE_COLUMNS), "collapse_train"),
                Heading("Per cell: best test error and dead channels (descriptive, no verdict)"),
                Text("best_error: the lowest mean test error over the cell's points (at best_lr,"
                     " best_l2). convN_dead_median: median over the cell's non-diverged points "
@@ -170,7 +177,8 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
                Table(checks.cells if checks.cells is not None else pd.DataFrame(), "cells"),
                Heading("Points left out of the collapse fits"),
                Table(excluded_table(checks.collapse), "excluded"),
-               Heading("Collapse slope under other equilibrium rules (sensitivity)"),
+               Heading("Sensitivity: each collapse verdict with the spline's dof one lower and "
+                       "one higher"),
                Table(_cols(checks.sensitivity, SENSITIVITY_COLUMNS), "sensitivity"),
                Heading("Projection: l2-sensitivity"),
                Table(_cols(checks.projection, PROJECTION_COLUMNS), "projection"),
@@ -178,26 +186,12 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
                Table(_cols(checks.equilibrium_cells, EQUILIBRIUM_COLUMNS), "equilibrium"),
                Table(checks.equilibrium.drop(columns=["setting"], errors="ignore"),
                      "equilibrium_points"),
+               Heading("The family of tests: raw and Holm-adjusted p-values (edge factor 1)"),
+               Table(checks.family, "family"),
                Heading("Skipped trials"),
                Table(pd.DataFrame(results.skipped, columns=["trial_id", "kind", "reason"]),
                      "skipped"),
                Heading("Warnings"), Bullets(tuple(warnings) or ("none",))]
-    return blocks
-
-
-def version_blocks(checks: Checks) -> list[Block]:
-    """The iso-line test and the train-loss collapse (rules "3"), when the rules have them."""
-    blocks: list[Block] = []
-    if "iso_verdict" in checks.collapse:
-        blocks += [Heading("Iso-line test: along and across the theory's diagonals"),
-                   Text("Beside the fitted s (same cells): iso_slope is the outcome's change per"
-                        " doubling of lr along a diagonal (+- its standard error), iso_along_p "
-                        "and iso_across_p the F-tests against seed noise, iso_along/iso_across "
-                        "their sizes in outcome units."),
-                   Table(_cols(checks.collapse, ISO_COLUMNS), "iso_lines")]
-    if checks.collapse_train is not None:
-        blocks += [Heading("Collapse of the train loss (mean of the last evaluations)"),
-                   Table(_cols(checks.collapse_train, COLLAPSE_COLUMNS), "collapse_train")]
     return blocks
 
 
@@ -236,7 +230,6 @@ def write_report(results: Results, out: Path, settings: CheckSettings,
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (all documented in --help)."""
-    d = CheckSettings()
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True,
@@ -244,22 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(s3://, gs://, file://) holding history/ and trials/")
     parser.add_argument("--out", help="output folder (local); default <results>/report for "
                                       "a local path, ./report for a URI")
-    parser.add_argument("--bootstrap", type=int, default=d.n_boot,
-                        help=f"bootstrap replicates for the slope interval (default {d.n_boot})")
-    parser.add_argument("--seed", type=int, default=d.seed,
-                        help=f"RNG seed of the bootstrap: same inputs and seed, same "
-                             f"collapse.json (default {d.seed})")
-    parser.add_argument("--equilibrium", choices=EQUILIBRIUM_RULES, default=d.equilibrium,
-                        help="which points count as equilibrated: 'measured' (the rules, from "
-                             "each run's last-epoch drifts), or, as a flagged exploration, "
-                             "'relaxation' (rules version 1) or 'all' l2 > 0 points "
-                             f"(default {d.equilibrium})")
     parser.add_argument("--large-l2", type=float, default=None,
                         help="exploration: l2 above this is the projection check's large-l2 "
-                             "regime (default: from the measured gradient norm, see the rules)")
-    parser.add_argument("--rules", choices=sorted(R.VERSIONS), default=d.rules,
-                        help="the verdict rules' version (analysis/rules.py); earlier versions "
-                             f"reproduce earlier reports (default {d.rules})")
+                             "regime (default: from the measured gradient norm, docs/protocol.md)")
     parser.add_argument("--dynamics", action="append", type=parse_cell, default=[],
                         metavar="CELL", help="a point for figure 4, e.g. "
                         "'optimizer=sgd,norm=batch,update=l2,lr=0.1,l2=5e-4' (repeatable; "
@@ -286,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings = CheckSettings(n_boot=args.bootstrap, seed=args.seed, large_l2=args.large_l2,
-                             equilibrium=args.equilibrium, rules=args.rules)
+    settings = CheckSettings(large_l2=args.large_l2)
     out = Path(args.out) if args.out else default_out(args.results)
     _, verdicts, warnings = write_report(results, out, settings, args.dynamics,
                                          args.max_dynamics, args.dpi, not args.no_figures)

@@ -14,10 +14,9 @@ import math
 import sys
 from pathlib import Path
 
-COLUMNS = ["cell", "collapse", "s [95% CI] (theory)", "lack-of-fit p", "projection",
-           "l2 effect (p)", "equilibrium", "balance", "conv3 dead", "best error"]
-# rules "3": the iso-line test and the train-loss collapse, beside the fitted s
-V3_COLUMNS = ["iso-lines", "along slope (p)", "train-loss collapse", "train-loss s [95% CI]"]
+COLUMNS = ["cell", "collapse", "s [95% CI] (theory)", "lack-of-fit p (adj)", "iso-lines",
+           "along [90% CI]", "train-loss collapse", "train-loss s [95% CI]", "projection",
+           "l2 effect [90% CI]", "equilibrium", "balance", "conv3 dead", "best error"]
 
 
 def _num(value, fmt: str = ".3f") -> str:
@@ -40,33 +39,32 @@ def rows(payload: dict) -> list[dict]:
     out = []
     for cell in sorted(set().union(*by.values())):
         c, p, e, k, t = (by[name].get(cell, {}) for name in by)
-        s = _slope(c)
-        effect = "" if p.get("l2_effect") is None else \
-            f"{p['l2_effect']:.4f} ({_num(p.get('l2_p'), '.2g')})"
-        verdict = _verdict(c)
-        if c.get("verdict") == "DESCRIPTIVE" and c.get("descriptive"):
-            verdict += f" (would {c['descriptive']})"
-        out.append({"cell": _short(cell), "collapse": verdict, COLUMNS[2]: s,
-                    "lack-of-fit p": _num(c.get("lof_p"), ".2g"),
-                    "projection": p.get("verdict", ""), "l2 effect (p)": effect,
-                    "equilibrium": _verdict(e),
-                    "balance": _num(e.get("balance_median")),
+        out.append({"cell": _short(cell), "collapse": _verdict(c), COLUMNS[2]: _slope(c),
+                    COLUMNS[3]: _num(c.get("lof_p_adj"), ".2g"),
+                    "iso-lines": _verdict(c, "iso_verdict"),
+                    "along [90% CI]": _effect(c, "iso_along"),
+                    "train-loss collapse": _verdict(t), "train-loss s [95% CI]": _slope(t),
+                    "projection": _verdict(p), "l2 effect [90% CI]": _effect(p, "l2_effect"),
+                    "equilibrium": _verdict(e), "balance": _num(e.get("balance_median")),
                     "conv3 dead": _num(k.get("conv3_dead_median"), ".2f"),
                     "best error": _num(k.get("best_error"))})
-        if "collapse_train" in payload:
-            along = "" if c.get("iso_slope") is None else (
-                f"{c['iso_slope']:+.4f} ({_num(c.get('iso_along_p'), '.2g')})")
-            out[-1] |= {"iso-lines": _verdict(c, "iso_verdict"), "along slope (p)": along,
-                        "train-loss collapse": _verdict(t),
-                        "train-loss s [95% CI]": _slope(t)}
     return out
 
 
 def _verdict(row: dict, key: str = "verdict") -> str:
-    """A row's verdict, marked '(forecast)' when rules 4 judged its cell on the forecast-ready
-    points (analysis/rules.py: the forecast fallback)."""
+    """A row's verdict, with the verdict under each edge factor when they disagree."""
     verdict = row.get(key, "")
-    return f"{verdict} (forecast)" if verdict and row.get("basis") == "forecast" else verdict
+    by_edge = row.get(f"{key}_by_edge") or []
+    if len(set(by_edge)) > 1:
+        verdict += " (not robust: " + "/".join(by_edge) + ")"
+    return verdict
+
+
+def _effect(row: dict, key: str) -> str:
+    """'+0.0123 [-0.0010, +0.0250]': an effect with its 90% interval."""
+    if row.get(key) is None:
+        return ""
+    return f"{row[key]:+.4f} [{row[f'{key}_low']:+.4f}, {row[f'{key}_high']:+.4f}]"
 
 
 def _slope(c: dict) -> str:
@@ -76,15 +74,10 @@ def _slope(c: dict) -> str:
         f" ({c['s_theory']:g})")
 
 
-def columns(payload: dict) -> list[str]:
-    """The table's columns: the rules-"3" ones after the collapse's when the payload has them."""
-    return COLUMNS[:4] + V3_COLUMNS + COLUMNS[4:] if "collapse_train" in payload else COLUMNS
-
-
 def markdown(payload: dict) -> str:
     """The table as Markdown, headed by the rules version it was judged under."""
-    cols = columns(payload)
-    lines = [f"Rules version {payload.get('rules_version', '?')}.", "",
+    cols = COLUMNS
+    lines = [f"Protocol {payload.get('protocol', '?')}.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r[col] for col in cols) + " |" for r in rows(payload)]
     return "\n".join(lines)

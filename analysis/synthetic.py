@@ -20,7 +20,7 @@ from l2bn.config import TrialConfig
 from l2bn.schema import LAYERS, Row, config_columns, diverged_row, final_row, layer_column
 from l2bn.store import ResultStore
 
-from .load import CHANCE_ERROR
+from .checks.premise import CHANCE_ERROR
 
 ErrorFn = Callable[[str, str, str, float, float], float]  # (optimizer, norm, update, lr, l2)
 SYNTHETIC_PROVENANCE = {"l2bn_version": __version__, "torch_version": "synthetic",

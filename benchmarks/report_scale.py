@@ -73,8 +73,6 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=2000, help="about this many trials")
     parser.add_argument("--epochs", type=int, default=30, help="history rows per trial")
-    parser.add_argument("--bootstrap", type=int, default=CheckSettings().n_boot,
-                        help="bootstrap replicates (the report's default)")
     parser.add_argument("--keep", type=Path, help="write results and report here (kept)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="l2bn-report-scale-"))
@@ -87,9 +85,9 @@ def main() -> None:
     t0 = time.perf_counter()
     results = load_results(str(root / "results"))
     t1 = time.perf_counter()
-    run_checks(results, CheckSettings(args.bootstrap))  # timed alone; write_report redoes it
+    run_checks(results, CheckSettings())  # timed alone; write_report redoes it
     t2 = time.perf_counter()
-    write_report(results, root / "report", CheckSettings(args.bootstrap), [], 4, 100)
+    write_report(results, root / "report", CheckSettings(), [], 4, 100)
     t3 = time.perf_counter()
     total = t_import + (t1 - t0) + (t3 - t2)
     print(f"floor: pandas.read_parquet of all files  {floor:7.2f} s")
