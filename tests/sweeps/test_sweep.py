@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from conftest import REPO
+from conftest import REPO, comparable
 
 from l2bn.config import TrialConfig
 from l2bn.grid import groups, load_grid
@@ -478,6 +478,81 @@ def test_unfinished_groups_and_their_latest_checkpoints(tmp_path, synthetic_rows
     found = latest_checkpoints(store, todo)
     assert found == {group_name([a]): f"{sweep}/{a}_2222_00000/checkpoint_000000/state.pt",
                      group_name([b]): f"{sweep}/{b}_0000_00002/checkpoint_000002/state.pt"}
+
+
+def _group_error(store: ResultStore, cfgs: list[TrialConfig]) -> None:
+    """FailedTrialWriter told that the Tune trial of `cfgs` errored after all its retries."""
+    from sweeps.callbacks import FailedTrialWriter
+
+    trial = SimpleNamespace(config={"group": [c.to_row() for c in cfgs]}, error_file=None,
+                            get_error=lambda: "RuntimeError: CUDA error: out of memory")
+    FailedTrialWriter(store).on_trial_error(0, [], trial)
+
+
+def _summary(store: ResultStore, rows: list[dict], cfg: TrialConfig, status: str, wall: float) -> None:
+    """A summary row of `status` for `cfg` from the last of `rows` (a real run's)."""
+    row = {**rows[-1], **cfg.to_row(), "trial_id": cfg.trial_id, "diverged": status == "diverged"}
+    store.write_trial(row, status, wall_time_s=wall)
+
+
+def test_diverged_trials_are_finished_on_resume(tmp_path, synthetic_rows):
+    """A diverged row counts as finished like a completed one: a group whose members all
+    diverged is skipped by a resume, a failed member is not finished, and a later error of a
+    group does not turn its diverged rows into failed ones."""
+    pytest.importorskip("ray")
+    from sweeps.resume import finished_ids, unfinished_groups
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GROUP_GRID.replace("lr: [0.02, 0.05]", "lr: [0.02, 0.05]\n  l2: [0, 1e-3]"))
+    configs = load_grid(str(grid)).configs()
+    store = ResultStore(str(tmp_path), "s")
+    first, second = groups(configs, 2)
+    for cfg in first:
+        _summary(store, synthetic_rows, cfg, "diverged", 1.0)
+    _summary(store, synthetic_rows, second[0], "diverged", 1.0)
+    store.write_trial({**second[1].to_row(), "trial_id": second[1].trial_id}, "failed",
+                      wall_time_s=None, error="RuntimeError: boom")
+    ids = [c.trial_id for c in configs]
+    assert finished_ids(store, ids) == {first[0].trial_id, first[1].trial_id, second[0].trial_id}
+    assert unfinished_groups(store, configs, fuse=2) == [second]
+    assert [g[0].trial_id for g in unfinished_groups(store, configs, fuse=1)] == [second[1].trial_id]
+    before = {i: store.read_trial(i) for i in ids}
+    _group_error(store, first)
+    _group_error(store, second)
+    after = {i: store.read_trial(i) for i in ids}
+    assert {i: r["status"] for i, r in after.items()} == {
+        first[0].trial_id: "diverged", first[1].trial_id: "diverged",
+        second[0].trial_id: "diverged", second[1].trial_id: "failed"}
+    for cfg in (*first, second[0]):
+        assert comparable(after[cfg.trial_id]) == comparable(before[cfg.trial_id])
+    assert after[second[1].trial_id]["error"] == "RuntimeError: CUDA error: out of memory"
+
+
+def test_a_failed_group_keeps_the_rows_of_its_finished_members(tmp_path, synthetic_rows):
+    """A group of three errors after all its retries: the member that completed and the one
+    that diverged keep their rows as they were; only the unfinished one gets a failed row,
+    from its last history row (epoch 1)."""
+    pytest.importorskip("ray")
+    cfgs = [TrialConfig(data="synthetic", epochs=2, width=4, batch_size=64, device="cpu", lr=lr)
+            for lr in (0.02, 0.05, 0.1)]
+    done, diverged, unfinished = cfgs
+    store = ResultStore(str(tmp_path), "s")
+    _summary(store, synthetic_rows, done, "completed", 3.0)
+    _summary(store, synthetic_rows, diverged, "diverged", 2.0)
+    store.write_history([{**synthetic_rows[0], **unfinished.to_row(), "trial_id": unfinished.trial_id}])
+    before = {c.trial_id: store.read_trial(c.trial_id) for c in cfgs}
+    assert before[unfinished.trial_id] is None
+    _group_error(store, cfgs)
+    after = {c.trial_id: store.read_trial(c.trial_id) for c in cfgs}
+    for cfg, status, wall in ((done, "completed", 3.0), (diverged, "diverged", 2.0)):
+        row = after[cfg.trial_id]
+        assert (row["status"], row["error"], row["wall_time_s"]) == (status, None, wall)
+        assert comparable(row) == comparable(before[cfg.trial_id])  # finished_at included
+    failed = after[unfinished.trial_id]
+    assert (failed["status"], failed["epoch"], failed["epochs_done"], failed["wall_time_s"]) == (
+        "failed", 1, 1, None)
+    assert failed["error"] == "RuntimeError: CUDA error: out of memory"
+    assert failed["test_error"] == synthetic_rows[0]["test_error"] and failed["lr"] == 0.1
 
 
 @pytest.mark.slow
