@@ -158,7 +158,8 @@ def _fit(used: pd.DataFrame, dof: int, s_theory: float, descriptive: bool = Fals
 def projection_row(cell_points: pd.DataFrame, settings: CheckSettings) -> dict:
     """Raw statistics of one update=projection cell (no verdict yet)."""
     threshold = large_l2_threshold(cell_points, settings)
-    p = cell_points[(cell_points["l2"] <= threshold) & cell_points["fit_mean"].notna()]
+    p = cell_points[(cell_points["l2"] <= threshold) & (cell_points["l2"] > 0)
+                    & cell_points["fit_mean"].notna()]
     row = cell_info(cell_points) | {
         "large_l2": threshold, "n_points": len(p),
         "n_large_l2": int((cell_points["l2"] > threshold).sum()),

@@ -18,7 +18,8 @@ from .isolines import EQUIV_MARGIN
 ALPHA = 0.05
 
 TEXT = (
-    "**Projection flatness** (update=projection cells). Points below the large-l2 regime: "
+    "**Projection flatness** (update=projection cells). Points with l2 > 0 (the effect is a "
+    "slope in log2(l2)) below the large-l2 regime: "
     "2*l2 above the median measured per-unit gradient norm at unit weight norm (conv layers, "
     "last epoch), i.e. where L2's gradient outweighs the loss's (or l2 > --large-l2, an "
     "exploration). Model (ordinary least squares on the seeds): one mean per lr + one common "
