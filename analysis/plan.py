@@ -8,6 +8,7 @@ values (analysis/checks/premise.py). The measured rule decides after the run; th
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from l2bn import theory
@@ -64,16 +65,48 @@ def describe(configs: list[TrialConfig]) -> str:
             for r in bad.itertuples()))
 
 
-if __name__ == "__main__":  # python -m analysis.plan GRID
+def main(argv: list[str] | None = None) -> int:
+    """python -m analysis.plan GRID [--noise SD|RESULTS [--gain G]]; exit 2 with one line on a
+    bad grid or results folder."""
     import argparse
     import sys
 
     from l2bn.grid import GridError, load_grid
 
+    from . import power
+    from .load import ResultsError
+
     parser = argparse.ArgumentParser(prog="python -m analysis.plan",
                                      description="Forecast which cells of a grid are decidable.")
     parser.add_argument("grid", help="a grid in sweeps/grids or a .yaml path")
+    parser.add_argument("--noise", help="seed SD of one trial's outcome (a number), or a results "
+                        "folder to measure it from: adds the power report")
+    parser.add_argument("--gain", type=float, help="test-error change per doubling of lr at "
+                        "fixed l2, for the slope's power (default: measured in --noise's folder)")
+    args = parser.parse_args(argv)
     try:
-        print(describe(load_grid(parser.parse_args().grid).configs()))
-    except GridError as exc:
-        sys.exit(f"error: {exc}")
+        configs = load_grid(args.grid).configs()
+        print(describe(configs))
+        if args.noise is None:
+            return 0
+        try:
+            sigma, gain = float(args.noise), float("nan")
+        except ValueError:
+            sigma, gain = power.seed_noise(args.noise)
+        gain = args.gain if args.gain is not None else gain
+        if not np.isfinite(gain):
+            parser.error("--gain is needed when --noise is a number")
+        table = power.power_table(configs, sigma, gain)
+        print(f"\npower (protocol {P.PROTOCOL}; seed SD {sigma:.4g}, gain {gain:.4g} per doubling "
+              f"of lr, family of {power.family_size(configs)} tests, power {1 - power.BETA:g}): "
+              f"the smallest margin each cell decides, against the protocol's (slope "
+              f"{power.slope.S_MARGIN:g}, iso/l2 effect {power.isolines.EQUIV_MARGIN:g})")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    except (GridError, ResultsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
