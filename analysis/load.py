@@ -19,13 +19,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from l2bn import theory
+from l2bn import budget, theory
 from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS, layer_columns
 
 from .checks.premise import CHANCE_ERROR
 
-DEFAULT_N_TRAIN = 50_000
 # Config fields besides (optimizer, norm, update, lr, l2, seed) that define a separate setting
 # when a sweep varies them; data_dir and device say where a trial ran, not what it computed.
 SETTING_COLUMNS = ("l2_scope", "width", "epochs", "batch_size", "n_train", "n_test",
@@ -196,12 +195,14 @@ def budget_steps(trials: pd.DataFrame) -> pd.Series:
     """Optimizer steps the full training budget allows: steps_per_epoch * epochs.
 
     steps_per_epoch is the recorded value; for trials without it (diverged in epoch 1) it is
-    max(n_train // batch_size, 1), as the trainer drops the last partial batch.
+    l2bn.budget's, as the trainer computes it.
     """
     recorded = trials.get("steps_per_epoch", pd.Series(np.nan, trials.index)).astype(float)
+    data = trials.get("data", pd.Series("cifar10", trials.index)).fillna("cifar10")
     n_train = trials.get("n_train", pd.Series(np.nan, trials.index)).astype(float)
-    n_train = n_train.fillna(DEFAULT_N_TRAIN)
-    computed = np.maximum(n_train // trials["batch_size"].astype(float), 1.0)
+    computed = pd.Series([budget.budget_steps(d, None if np.isnan(n) else int(n), int(b), 1)
+                          for d, n, b in zip(data, n_train, trials["batch_size"], strict=True)],
+                         index=trials.index, dtype=float)
     return recorded.fillna(computed) * trials["epochs"].astype(float)
 
 

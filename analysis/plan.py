@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from l2bn import theory
+from l2bn.budget import budget_steps
 from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS
 
 from . import protocol as P
 from .checks import premise as R
-from .load import DEFAULT_N_TRAIN
 
 CELL = ("optimizer", "norm", "l2_scope", "scale_invariant")  # one collapse cell per combination
 
@@ -35,7 +35,7 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
     for cfg in configs:
         if cfg.update != "l2" or cfg.l2 <= 0 or cfg.seed != min(c.seed for c in configs):
             continue
-        budget = (cfg.n_train or DEFAULT_N_TRAIN) // cfg.batch_size * cfg.epochs
+        budget = budget_steps(cfg.data, cfg.n_train, cfg.batch_size, cfg.epochs)
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
                      "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
                      "ok": R.RELAX_FACTOR * forecast_steps(cfg) <= budget})

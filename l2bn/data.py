@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .budget import steps_per_epoch
 from .config import DATA_SIZES
 
 BATCH_DIR = "cifar-10-batches-py"
@@ -199,5 +200,5 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.d
     """Index tensors for one epoch: slices of one seeded permutation; a last partial batch is
     dropped so batch-norm statistics are never computed on a handful of images."""
     perm = torch.randperm(n, generator=gen, device=device)
-    steps = max(n // batch_size, 1)
+    steps = steps_per_epoch(n, batch_size)
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
