@@ -23,6 +23,7 @@ from .checks.inference import holm
 from .checks.premise import CHANCE_ERROR, EDGE_FACTORS
 from .equilibrium import last_epoch_drifts
 from .load import Results
+from .optimum import optimum_table
 from .outcome import last_evals
 
 POINT_KEYS = ["cell", "optimizer", "norm", "update", "setting", "lr", "l2"]
@@ -55,6 +56,7 @@ class Checks:
     sensitivity: pd.DataFrame  # each collapse cell's verdict per edge factor and spline dof
     cells: pd.DataFrame  # per cell: best error and dead-channel fractions (descriptive)
     family: pd.DataFrame  # every p-value of the nominal variant, raw and Holm-adjusted
+    optimum: pd.DataFrame  # per iso-line cell: the best effective learning rate (descriptive)
 
 
 def point_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +275,7 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
                           + ["ang_ratio", "balance", "norm_drift", "angle_drift", "n_seeds"]]
     return Checks(points, final["collapse"], final["collapse_train"], final["projection"],
                   eq_points.reset_index(drop=True), final["equilibrium"], settings, sens,
-                  cell_table(points), families[NOMINAL])
+                  cell_table(points), families[NOMINAL], optimum_table(points))
 
 
 def combine(per_variant: list[list[dict]], name: str) -> pd.DataFrame:

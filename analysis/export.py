@@ -47,6 +47,7 @@ def to_json(checks: Checks, results: Results) -> str:
         "cells": _records(checks.cells),
         "collapse_train": _records(checks.collapse_train),
         "family": _records(checks.family),
+        "optimum": _records(checks.optimum),
     }
     return json.dumps(_clean_tree(payload), indent=1, sort_keys=True, allow_nan=False)
 

@@ -449,3 +449,36 @@ def dynamics(history: pd.DataFrame, cells: list[dict]) -> Figure | None:
     _suptitle(fig, "Dynamics per layer (mean over seeds); dashed: the theory's equilibrium "
               "angular update")
     return fig
+
+
+@styled
+def optimum(points: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
+    """Figure 8: mean test error against the theory's invariant product, one line per lr, the
+    pooled optimum and its bootstrap interval shaded (analysis/optimum.py)."""
+    if table.empty:
+        return None
+    fig, axes = _grid(len(table))
+    palette = sns.color_palette("viridis", as_cmap=True)
+    for ax, row in zip(axes.flat, table.to_dict("records"), strict=False):
+        p = points[(points["cell"] == row["cell"]) & (points["l2"] > 0)]
+        product = p["lr"] ** (1 / row["s_theory"]) * p["l2"]
+        lrs = np.sort(p["lr"].unique())
+        for i, lr in enumerate(lrs):
+            k = (p["lr"] == lr).to_numpy()
+            order = np.argsort(product[k].to_numpy())
+            ax.plot(product[k].to_numpy()[order], p["error_mean"].to_numpy()[k][order], marker="o",
+                    ms=3, color=palette(i / max(len(lrs) - 1, 1)), label=f"lr {lr:.3g}")
+        if np.isfinite(row["p_star_low"]):
+            ax.axvspan(row["p_star_low"], row["p_star_high"], color="0.85", zorder=0)
+        if np.isfinite(row["p_star"]):
+            ax.axvline(row["p_star"], color="red", lw=1)
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, product)
+        ax.set_xlabel("lr*l2" if row["s_theory"] == 1 else "lr^2*l2")
+        ax.set_ylabel("mean test error")
+        ax.set_title(_wrap(row["cell"]), fontsize=8)
+        ax.legend(fontsize=6)
+    _suptitle(fig, "Where is the best effective learning rate? Test error against the "
+              "invariant product, one line per lr; red: the pooled quadratic's minimum, grey: "
+              "its 95% bootstrap interval over seeds")
+    return fig

@@ -47,6 +47,8 @@ FIGURES = {
                          "at all once lr is tuned?",
     "fig6_control_heatmaps": "Control without normalization (norm=none): the same heatmaps, "
                              "where the collapse should not hold.",
+    "fig8_optimum": "Test error against the invariant product, one line per lr: where is the "
+                    "best effective learning rate, and do the lr curves share it?",
 }
 FIGURE_NUMBERS = {name: int(name.split("_")[0].removeprefix("fig")) for name in FIGURES}
 COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_ready", "n_excluded", "n_lr", "n_l2", "dof",
@@ -116,6 +118,7 @@ def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict]) -
         "fig5_best_over_lr": plots.best_over_lr(p),
         "fig6_control_heatmaps": plots.heatmaps(control, checks.collapse, checks.projection,
                                                 "Control: no normalization (norm=none)"),
+        "fig8_optimum": plots.optimum(p, checks.optimum),
     }
 
 
@@ -168,6 +171,14 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
                Table(_cols(checks.collapse, ISO_COLUMNS), "iso_lines"),
                Heading("Collapse of the train loss (mean of the last evaluations)"),
                Table(_cols(checks.collapse_train, COLLAPSE_COLUMNS), "collapse_train"),
+               Heading("The best effective learning rate (descriptive, no verdict)"),
+               Text("Per iso-line cell: p_star, the minimum of a quadratic in log(product) "
+                    "fitted to the point means (diverged seeds at chance), its 95% bootstrap "
+                    "interval over seeds (mc_err_ln_*: Monte Carlo error of each end in ln p), "
+                    "inside: the interval lies within the design; best_interior: the best "
+                    "product is not an end one; lr_minima_overlap: every lr's own minimum "
+                    "interval shares a point (analysis/optimum.py)."),
+               Table(checks.optimum.drop(columns=["per_lr"], errors="ignore"), "optimum"),
                Heading("Per cell: best test error and dead channels (descriptive, no verdict)"),
                Text("best_error: the lowest mean test error over the cell's points (at best_lr,"
                     " best_l2). convN_dead_median: median over the cell's non-diverged points "

@@ -28,7 +28,7 @@ STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", 
          "best_l2", "conv1_dead_median", "conv2_dead_median", "conv3_dead_median",
          "conv3_dead_used_median", "iso_slope", "iso_slope_se", "iso_along", "iso_p_equiv",
          "iso_p_equiv_adj", "iso_p_out", "iso_p_out_adj", "iso_across_p", "iso_across_p_adj",
-         "p", "p_adj", "dof")
+         "p", "p_adj", "dof", "p_star", "p_star_low", "p_star_high")
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
@@ -65,7 +65,7 @@ def test_committed_under_protocol_5(committed_and_fresh):
 
 
 @pytest.mark.parametrize("table", ["collapse", "projection", "equilibrium", "sensitivity",
-                                   "cells", "collapse_train", "family"])
+                                   "cells", "collapse_train", "family", "optimum"])
 def test_analysis_reproduces_committed_statistics(committed_and_fresh, table):
     committed, fresh, _, _ = committed_and_fresh
     key = ("cell", "check", "variant", "table", "test")
