@@ -8,18 +8,15 @@ unreadable file, a trial still running or a failed trial is skipped with a reaso
 from __future__ import annotations
 
 import functools
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from l2bn import budget, theory
+from l2bn import budget, store, theory
 from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS, HISTORY, META_FILE, TRIALS, layer_columns
 
@@ -50,23 +47,17 @@ class Results:
 
 
 def open_results(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and base path for a local path or a cloud URI."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), Path(uri).expanduser().resolve().as_posix()
+    """The filesystem and base path for a local path or a cloud URI (l2bn.store.open_uri)."""
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return store.open_uri(uri)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise ResultsError(f"cannot open results URI {uri!r}: {exc}") from exc
 
 
 def list_parquet(fs: pafs.FileSystem, base: str, kind: str) -> dict[str, str]:
-    """trial_id -> path of `<base>/<kind>/*.parquet` (empty if the folder is missing); names
-    starting with '.' or '_' are a writer's temporary files and are ignored."""
-    selector = pafs.FileSelector(f"{base}/{kind}", allow_not_found=True)
-    infos = fs.get_file_info(selector)
-    return {Path(i.path).stem: i.path for i in infos
-            if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-            and not i.base_name.startswith((".", "_"))}
+    """trial_id -> path of `<base>/<kind>/*.parquet` (l2bn.store.parquet_files: a writer's
+    temporary files left out)."""
+    return store.parquet_files(fs, f"{base}/{kind}")
 
 
 class GridFileError(Exception):
@@ -76,25 +67,18 @@ class GridFileError(Exception):
 def grid_trial_ids(fs: pafs.FileSystem, base: str) -> list[str]:
     """The trial ids the sweep runner recorded in `<base>/sweep.json` (empty without one);
     GridFileError if the file is there but unreadable (not-started trials would be lost)."""
-    path = f"{base}/{META_FILE}"
     try:
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return []
-        with fs.open_input_stream(path) as f:
-            ids = json.loads(f.read().decode())["trial_ids"]
-        if not isinstance(ids, list):
-            raise TypeError(f"'trial_ids' is a {type(ids).__name__}, not a list")
-        return [str(t) for t in ids]
-    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
-        raise GridFileError(f"{path} is unreadable ({type(exc).__name__}: {exc}); trials of the "
-                            "grid that have no result file yet cannot be listed as not started") from None
+        return store.grid_trial_ids(fs, base)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise GridFileError(f"{base}/{META_FILE} is unreadable ({type(exc).__name__}: {exc}); trials "
+                            "of the grid that have no result file yet cannot be listed as not "
+                            "started") from None
 
 
 def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table | str:
     """The file as a table, or the reason it could not be read."""
     try:
-        with fs.open_input_file(path) as f:  # ParquetFile skips the dataset layer: ~2x faster
-            return pq.ParquetFile(f).read()
+        return store.read_parquet(fs, path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         return f"unreadable Parquet file {path}: {type(exc).__name__}: {exc}"
 
@@ -117,8 +101,7 @@ def read_tables(fs: pafs.FileSystem, paths: dict[str, str]) -> tuple[pd.DataFram
 def load_results(uri: str) -> Results:
     """Read `<uri>/trials` and `<uri>/history`; keep completed and diverged trials."""
     fs, base = open_results(uri)
-    info = fs.get_file_info(base)
-    if info.type == pafs.FileType.NotFound:
+    if not store.exists(fs, base):
         raise ResultsError(f"results path not found: {uri}")
     trial_paths, history_paths = list_parquet(fs, base, TRIALS), list_parquet(fs, base, HISTORY)
     known = set(trial_paths) | set(history_paths)

@@ -23,6 +23,7 @@ Row = dict[str, Any]
 # File layout under <storage>/<name>/.
 HISTORY, TRIALS, META_FILE = "history", "trials", "sweep.json"
 STATUSES = ("completed", "diverged", "failed")
+FINISHED = ("completed", "diverged")  # statuses a resume does not train again
 
 # The ConvNet's layers by name (l2bn/model.py builds them; per-layer columns are prefixed).
 CONV_LAYERS = ("conv1", "conv2", "conv3")
