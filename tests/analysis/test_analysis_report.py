@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 
+from analysis import protocol
+from analysis.checks.inference import holm
 from analysis.collapse import CheckSettings
 from analysis.report import FIGURES, build_parser, choose_dynamics, main
-from analysis.rules import rule_texts
 from analysis.synthetic import SyntheticSweep, write_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +90,7 @@ def parse_page(path: Path) -> Page:
 def full_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     write_sweep(root / "results", SWEEP)
-    assert main(["--results", str(root / "results"), "--bootstrap", "100"]) == 0
+    assert main(["--results", str(root / "results")]) == 0
     return root / "results" / "report"  # the default --out
 
 
@@ -114,19 +115,31 @@ def test_html_embeds_every_figure_and_the_verdict_table(full_report):
     verdicts = json.loads((full_report / "collapse.json").read_text())["verdicts"]
     assert got == {(v["check"], v["cell"], v["verdict"]) for v in verdicts}
     text = "".join(page.text)
-    for rule in rule_texts(CheckSettings(n_boot=100)):
+    for rule in protocol.wording():
         assert rule in text
 
 
 def test_verdicts_of_the_synthetic_sweep(full_report):
-    verdicts = {(v["check"], v["cell"]): v["verdict"] for v in
-                json.loads((full_report / "collapse.json").read_text())["verdicts"]}
-    assert verdicts[("collapse", "sgd/batch/l2")] == "PASS"
+    payload = json.loads((full_report / "collapse.json").read_text())
+    verdicts = {(v["check"], v["cell"]): v["verdict"] for v in payload["verdicts"]}
     assert verdicts[("collapse", "adam/batch/l2")] == "PASS"
     assert verdicts[("collapse", "sgd/none/l2")] == "FAIL"  # the control
+    assert verdicts[("collapse", "adam/none/l2")] == "FAIL"
+    assert verdicts[("iso_lines", "sgd/batch/l2")] == "PASS"
     assert verdicts[("projection", "sgd/batch/projection")] == "PASS"
     assert verdicts[("projection", "adam/batch/projection")] == "PASS"
     assert verdicts[("equilibrium", "sgd/batch/l2")] == "PASS"
+    # sgd's collapse passes as stated, but the strict edge leaves too few settled points
+    sgd = next(r for r in payload["collapse"] if r["cell"] == "sgd/batch/l2")
+    assert sgd["verdict_by_edge"] == ["INSUFFICIENT", "PASS", "PASS"]
+    assert verdicts[("collapse", "sgd/batch/l2")] == "INSUFFICIENT"
+    assert sgd["reason"].startswith("not robust")
+    assert payload["protocol"] == "5" and payload["thresholds"]["protocol"] == "5"
+    # the family: every finite p-value named by protocol.FAMILY, Holm-adjusted together
+    family = payload["family"]
+    assert {f["test"] for f in family} <= {k for keys in protocol.FAMILY.values() for k in keys}
+    assert [f["p_adj"] for f in family] == pytest.approx(
+        holm([f["p"] for f in family]))
 
 
 def test_csv_holds_every_check(full_report):
@@ -148,8 +161,7 @@ def test_markdown_links_every_figure(full_report):
 def test_same_results_give_identical_collapse_json(full_report, tmp_path):
     results = full_report.parent
     for out in ("a", "b"):
-        assert main(["--results", str(results), "--out", str(tmp_path / out), "--bootstrap",
-                     "100", "--no-figures"]) == 0
+        assert main(["--results", str(results), "--out", str(tmp_path / out), "--no-figures"]) == 0
     a, b = ((tmp_path / o / "collapse.json").read_text() for o in "ab")
     assert a == b == (full_report / "collapse.json").read_text()
     assert str(tmp_path) not in a  # no paths: comparable across machines
@@ -157,7 +169,7 @@ def test_same_results_give_identical_collapse_json(full_report, tmp_path):
 
 def test_file_uri_reads_the_same(full_report, tmp_path):
     uri = (full_report.parent).resolve().as_uri()
-    assert main(["--results", uri, "--out", str(tmp_path), "--bootstrap", "100",
+    assert main(["--results", uri, "--out", str(tmp_path),
                  "--no-figures"]) == 0
     assert (tmp_path / "collapse.json").read_text() == (full_report / "collapse.json").read_text()
 
@@ -194,8 +206,7 @@ def partial_sweep(root: Path) -> dict[str, str]:
 
 def test_partial_sweep_renders_with_warnings_naming_what_was_skipped(tmp_path, capsys):
     ids = partial_sweep(tmp_path / "results")
-    assert main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
-                 "--bootstrap", "30"]) == 0
+    assert main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"skipped trial {ids['unreadable']}: unreadable Parquet file" in err
     assert f"skipped trial {ids['running']}: still running or lost: 1 of 3 epochs" in err
@@ -247,7 +258,7 @@ def test_help_documents_every_option():
 def test_dynamics_choice(full_report):
     from analysis.collapse import run_checks
     from analysis.load import load_results
-    points = run_checks(load_results(str(full_report.parent)), CheckSettings(10)).points
+    points = run_checks(load_results(str(full_report.parent)), CheckSettings()).points
     cells, warnings = choose_dynamics(points, [], 4)
     assert [c["optimizer"] for c in cells] == ["adam", "sgd"]
     for c in cells:  # the best equilibrated normalized update=l2 point of its optimizer
@@ -279,15 +290,13 @@ def test_module_runs_without_torch_or_ray():
     assert "--results" in out.stdout and "HEAVY []" in out.stdout, out.stderr
 
 
-def test_single_seed_uses_the_residual_bootstrap(tmp_path):
+def test_single_seed_is_descriptive(tmp_path):
     write_sweep(tmp_path / "r", SyntheticSweep(error, seeds=(0,), steps_per_epoch=20_000))
-    assert main(["--results", str(tmp_path / "r"), "--bootstrap", "30", "--no-figures"]) == 0
+    assert main(["--results", str(tmp_path / "r"), "--no-figures"]) == 0
     row = json.loads((tmp_path / "r" / "report" / "collapse.json").read_text())["collapse"][0]
-    assert row["bootstrap"] == "residuals" and abs(row["s"] - 1) < 0.1
-    assert row["ci_low"] < row["s"] < row["ci_high"]
-    # measured 0.08 wide (noise 0.005, 22 points); resampling the raw errors instead of the
-    # residuals spans the whole s grid (4), a zero-size resampling gives no width
-    assert 0.02 < row["ci_high"] - row["ci_low"] < 0.3, (row["ci_low"], row["ci_high"])
+    assert row["verdict"] == "DESCRIPTIVE" and abs(row["s"] - 1) < 0.1
+    # no seed noise: no interval and no p-value, and nothing enters the family
+    assert row["ci_low"] is None and row["lof_p"] is None
 
 
 @pytest.mark.parametrize("values", [(0.0137, 0.0172, 0.0217), (0.0141, 0.0144, 0.02), (1e-4, 3e-3),

@@ -21,7 +21,7 @@ def test_real_smoke_sweep_renders(cifar_dir, tmp_path, capsys):
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results, out = tmp_path / "smoke", tmp_path / "report"
-    assert main(["--results", str(results), "--out", str(out), "--bootstrap", "50"]) == 0
+    assert main(["--results", str(results), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     data = json.loads((out / "collapse.json").read_text())
     n_trials = len(list((results / "trials").glob("*.parquet")))

@@ -16,24 +16,30 @@ def test_one_row_per_cell_with_the_json_numbers():
     assert len(table) == len(cells) == 8
     sgd = next(r for r in payload["collapse"] if r["cell"].startswith("sgd/batch/l2"))
     row = table["sgd/batch/l2 all"]
-    assert row["collapse"] == "DESCRIPTIVE (would PASS)"
-    assert row[COLUMNS[2]] == f"{sgd['s']:.2f} [{sgd['ci_low']:.2f}, {sgd['ci_high']:.2f}] (1)"
+    # one seed per point: DESCRIPTIVE as stated, INSUFFICIENT at the strict edge
+    assert sgd["verdict_by_edge"] == ["INSUFFICIENT", "DESCRIPTIVE", "DESCRIPTIVE"]
+    assert row["collapse"] == "INSUFFICIENT (not robust: INSUFFICIENT/DESCRIPTIVE/DESCRIPTIVE)"
+    assert row[COLUMNS[2]].startswith(f"{sgd['s']:.2f} [")
     proj = next(r for r in payload["projection"]
                 if r["cell"] == "sgd/batch/projection, l2_scope=normalized")
-    assert table["sgd/batch/projection normalized"]["l2 effect (p)"] == \
-        f"{proj['l2_effect']:.4f} ({proj['l2_p']:.2g})"
-    assert table["adam/batch/l2 all"]["balance"] == "0.695"
+    assert table["sgd/batch/projection normalized"]["l2 effect [90% CI]"] == (
+        f"{proj['l2_effect']:+.4f} [{proj['l2_effect_low']:+.4f}, {proj['l2_effect_high']:+.4f}]")
+    assert table["sgd/batch/projection normalized"]["projection"] == proj["verdict"] == "PASS"
+    adam = next(r for r in payload["equilibrium"] if r["cell"].startswith("adam/batch/l2"))
+    assert table["adam/batch/l2 all"]["balance"] == f"{adam['balance_median']:.3f}"
     text = markdown(payload)
-    assert text.count("\n| ") == 1 + 8 and "Rules version 2." in text
+    assert text.count("\n| ") == 1 + 8 and text.startswith("Protocol 5.")
 
 
-def test_forecast_basis_is_marked():
-    """results/v3d (rules 4) was judged on its forecast-ready points; v3 (rules 3) was not."""
+def test_not_equilibrated_cells_show_their_descriptive_slope():
+    """results/v3d: no point settled although the budget held the forecast relaxation times."""
     (v3d,) = rows(json.loads((RESULTS / "v3d" / "collapse.json").read_text()))
     assert [v3d[k] for k in ("collapse", "iso-lines", "train-loss collapse", "equilibrium")] \
-        == ["FAIL (forecast)"] * 4
-    v3 = rows(json.loads((RESULTS / "v3" / "collapse.json").read_text()))
-    assert not any("forecast" in str(v) for r in v3 for v in r.values())
+        == ["NOT EQUILIBRATED"] * 4
+    payload = json.loads((RESULTS / "v3d" / "collapse.json").read_text())
+    (c,) = payload["collapse"]
+    assert v3d[COLUMNS[2]] == f"{c['s']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] (0.5)"
+    assert v3d[COLUMNS[3]] == ""  # a descriptive fit has no p-value
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
