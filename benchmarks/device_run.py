@@ -6,7 +6,7 @@ on a machine with torch, numpy, pillow, pyarrow, pandas and pyyaml but without R
    for K = 1, 8, 16, 32, 49 in fp32 and bf16, eager, the K = 1 baseline in the same run;
 3. a paper-regime slice: the `paper` grid's sgd + batch norm + l2 cell, seed 0, its 7 lr x 7 l2
    as one fused group on all 50,000 images, for as many epochs as fit in --train-s, through
-   Trial and ResultStore exactly as a sweep's trainable writes them;
+   l2bn.run.GroupRun and ResultStore exactly as a sweep's trainable writes them;
 4. with the time left: the stacked forward under torch.compile against eager (K = 49), then
    K beyond 49 while the rate still grows.
 
@@ -47,6 +47,7 @@ from l2bn.data import DataError, batch_folder  # noqa: E402
 from l2bn.grid import groups, load_grid  # noqa: E402
 from l2bn.provenance import run_info  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
+from l2bn.run import Epoch, GroupRun  # noqa: E402
 from l2bn.train import Trial, resolve_device  # noqa: E402
 
 PAPER_GROUPS = 5292 // 49  # the paper grid's lr x l2 groups (sweeps/grids/paper.yaml)
@@ -203,31 +204,29 @@ def plan_epochs(run: Run, cfgs: list[TrialConfig], budget_s: float) -> int:
 
 
 def train_slice(run: Run, cfgs: list[TrialConfig], store: ResultStore, budget_s: float) -> dict[str, Any]:
-    """Train the group as a sweep's trainable does (run_epoch, each member's history file
-    rewritten per epoch, a summary row at the end); stop early only when the next epoch would
-    overrun `budget_s`, then the members' rows say `failed` with the reason."""
+    """Train the group as a sweep's trainable does (l2bn.run.GroupRun: each member's history
+    file rewritten per epoch, a summary row at the end); stop early only when the next epoch
+    would overrun `budget_s`, then the members' rows say `failed` with the reason."""
     start = time.perf_counter()
-    trial = Trial(cfgs)
-    epoch_times = []
-    while not trial.done:
-        t0 = time.perf_counter()
-        rows = trial.run_epoch()
-        epoch_times.append(time.perf_counter() - t0)
-        for row in rows:
-            member = next(i for i, c in enumerate(trial.cfgs) if c.trial_id == row["trial_id"])
-            store.write_history(trial.histories[member])
-        errors = [r["test_error"] for r in rows if not r["diverged"]]
-        run.log(f"slice epoch {trial.epoch}/{cfgs[0].epochs}: {epoch_times[-1]:.1f} s, "
-                f"{len(trial.active)} models training, best test error "
+    group = GroupRun(Trial(cfgs), store)
+    trial, epoch_times = group.trial, []
+
+    def cut_after(epoch: int) -> str:
+        return f"stopped by the time budget after {epoch} of {cfgs[0].epochs} epochs"
+
+    def log(epoch: Epoch) -> str | None:
+        epoch_times.append(epoch.time_s)
+        errors = [r["test_error"] for r in epoch.rows if not r["diverged"]]
+        run.log(f"slice epoch {epoch.epoch}/{cfgs[0].epochs}: {epoch.time_s:.1f} s, "
+                f"{epoch.models} models training, best test error "
                 f"{min(errors) if errors else math.nan:.4f}")
-        if not trial.done and time.perf_counter() - start + epoch_times[-1] > budget_s:
-            break
+        if not trial.done and time.perf_counter() - start + epoch.time_s > budget_s:
+            return cut_after(epoch.epoch)
+        return None
+
+    group.run(log)
     wall = time.perf_counter() - start
-    cut = None if trial.done else f"stopped by the time budget after {trial.epoch} of {cfgs[0].epochs} epochs"
-    for final in trial.summaries():
-        if final:
-            status = "failed" if cut else "diverged" if final["diverged"] else "completed"
-            store.write_trial(final, status, wall_time_s=wall, error=cut)
+    cut = None if trial.done else cut_after(trial.epoch)
     finals = [f for f in trial.summaries() if f and not f["diverged"]]
     epoch_s = statistics.median(epoch_times)
     # each row's images_per_s is the group's training images/s (per model; the test pass and

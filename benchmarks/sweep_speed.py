@@ -2,7 +2,7 @@
 Tune instance, Parquet files and checkpoints included), run with v2's settings and with
 today's defaults, in one run:
 
-- v2: `--fuse 1 --cpus-per-trial 1` and NCHW activations ($L2BN_LAYOUT=nchw): one
+- v2: `--fuse 1 --cpus-per-trial 1` and NCHW activations (`--set layout=nchw`): one
   single-threaded model per Tune trial, one trial per CPU;
 - new: `--fuse auto` (the probe picks models per stack and threads per trial) and
   channels_last, twice: as a machine's first sweep of this shape (`--reprobe`: the probe
@@ -43,7 +43,7 @@ axes:
 N_TRIALS = 18
 V2, COLD, WARM = ("v2 (--fuse 1 --cpus-per-trial 1, NCHW)", "new, first sweep of the shape (probe)",
                   "new, shape probed before (cached)")
-SETTINGS = {V2: (["--fuse", "1", "--cpus-per-trial", "1"], {"L2BN_LAYOUT": "nchw"}),
+SETTINGS = {V2: (["--fuse", "1", "--cpus-per-trial", "1", "--set", "layout=nchw"], {}),
             COLD: (["--fuse", "auto", "--reprobe"], {}),
             WARM: (["--fuse", "auto"], {})}
 

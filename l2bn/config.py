@@ -19,13 +19,17 @@ L2_SCOPES = ("all", "normalized")
 DATA_SOURCES = ("cifar10", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+# Memory layouts of the activations (l2bn/train.py maps them to torch's); channels_last is
+# faster than NCHW on CUDA and, measured for K = 1 and fused groups, on CPUs (docs/performance.md).
+LAYOUTS = ("channels_last", "nchw")
 # Images (train, test) in each data source (l2bn/data.py makes them): n_train/n_test may not
 # exceed them, so a row never records more images than its trial trained on.
 DATA_SIZES = {"cifar10": (50_000, 10_000), "synthetic": (512, 256)}
 
 # Fields that say where/how a trial runs, not what it computes: left out of the trial id,
-# so the same grid point has the same id on a laptop and on a cluster.
-EXECUTION_FIELDS = ("device", "data_dir")
+# so the same grid point has the same id on a laptop and on a cluster (the layout changes
+# float rounding only, no mathematics).
+EXECUTION_FIELDS = ("device", "data_dir", "layout")
 # Fields added after the first results were written enter the trial id only when they differ
 # from these defaults, so every earlier grid point keeps its id (resumes, file names).
 ADDED_FIELDS = {"scale_invariant": False, "precision": "fp32", "eval_last": None}
@@ -40,6 +44,7 @@ _CHOICES = {
     "l2_scope": L2_SCOPES,
     "data": DATA_SOURCES,
     "precision": PRECISIONS,
+    "layout": LAYOUTS,
 }
 
 
@@ -70,6 +75,7 @@ class TrialConfig:
     data: str = "cifar10"
     data_dir: str | None = None
     device: str = "auto"
+    layout: str = "channels_last"  # of the activations: LAYOUTS
 
     def __post_init__(self) -> None:
         for f in fields(self):

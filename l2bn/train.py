@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import FUSED_FIELDS, ConfigError, TrialConfig, field_types, group_key
+from .config import FUSED_FIELDS, LAYOUTS, ConfigError, TrialConfig, field_types, group_key
 from .data import DataError, Split, augment, epoch_batches, load_cifar10, normalize
 from .metrics import UpdateTracker, layer_metrics
 from .model import ConvNet, project_
@@ -32,19 +31,10 @@ EVAL_IMAGES_X_MODELS = 16_000  # evaluation batch x models in the stack: bounds 
 # 10,000 test images took 3-4x longer in batches of 1,777 than of 50. A fixed size, not one
 # that depends on K, so a model's test loss does not depend on the group it trains in.
 EVAL_CPU_BATCH = 50
+EVAL_GPU_BATCH = 1000  # on a GPU, for a small stack
 EVAL_MIN_BATCH = 50  # on a GPU: however many models share the stack, batches stay at least this
-# Memory layout of the activations, by name; $L2BN_LAYOUT picks one (benchmarks' baselines).
-LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
-LAYOUT_ENV = "L2BN_LAYOUT"
-
-
-def layout() -> str:
-    """The activation layout: $L2BN_LAYOUT if set, else channels_last on every device (faster
-    than NCHW on CUDA and, measured for K = 1 and fused groups, on CPUs: README "Performance")."""
-    name = os.environ.get(LAYOUT_ENV, "channels_last")
-    if name not in LAYOUTS:
-        raise ConfigError(f"${LAYOUT_ENV} must be one of {list(LAYOUTS)}, got {name!r}")
-    return name
+# Memory layout of the activations, by TrialConfig.layout.
+MEMORY_FORMATS = dict(zip(LAYOUTS, (torch.channels_last, torch.contiguous_format), strict=True))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,7 +59,7 @@ class Trial:
         cfg = self.cfg = self.cfgs[0]  # the fields every member shares
         self.device = resolve_device(cfg.device)
         self.autocast = cfg.precision == "bf16"
-        self.layout = layout()
+        self.layout = cfg.layout
         # On a GPU the step loop never waits for the host: divergence flags stay on the device
         # and are read once at the epoch's end (a blown-up model is frozen then, not mid-epoch).
         self.check_on_host = self.device.type != "cuda"
@@ -196,7 +186,7 @@ class Trial:
 
     def _forward(self, images: torch.Tensor, training: bool) -> torch.Tensor:
         x = normalize(images)
-        x = x.to(self.stack.dtype).contiguous(memory_format=LAYOUTS[self.layout])
+        x = x.to(self.stack.dtype).contiguous(memory_format=MEMORY_FORMATS[self.layout])
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             logits = self.stack.forward(x, training)
         return logits.float() if self.autocast else logits
@@ -207,13 +197,10 @@ class Trial:
         return ~torch.isfinite(mean_loss) | (mean_loss > DIVERGENCE_LOSS)
 
     @torch.inference_mode()
-    def evaluate(self, split: Split, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
         """Per-model mean loss and error on a split (K,), on the device; batch norm uses its
-        running statistics."""
-        if self.device.type == "cuda":
-            batch_size = max(EVAL_MIN_BATCH, min(batch_size, EVAL_IMAGES_X_MODELS // len(self.stack)))
-        else:
-            batch_size = EVAL_CPU_BATCH
+        running statistics. Batches of eval_batch() images."""
+        batch_size = self.eval_batch()
         loss_sum = torch.zeros(len(self.stack), device=self.device)
         err_sum = torch.zeros(len(self.stack), device=self.device)
         for start in range(0, len(split), batch_size):
@@ -222,6 +209,13 @@ class Trial:
             loss_sum += per_model_loss(logits, labels, reduction="sum")
             err_sum += (logits.argmax(2) != labels).sum(1)
         return {"test_loss": loss_sum / len(split), "test_error": err_sum / len(split)}
+
+    def eval_batch(self) -> int:
+        """Images per evaluation batch: EVAL_CPU_BATCH on a CPU; on a GPU EVAL_GPU_BATCH, less
+        for a large stack (EVAL_IMAGES_X_MODELS bounds the memory), never below EVAL_MIN_BATCH."""
+        if self.device.type != "cuda":
+            return EVAL_CPU_BATCH
+        return max(EVAL_MIN_BATCH, min(EVAL_GPU_BATCH, EVAL_IMAGES_X_MODELS // len(self.stack)))
 
     def _test_metrics(self) -> dict[str, torch.Tensor]:
         """evaluate(test set), or NaN in the epochs before the last cfg.eval_last ones (the test
@@ -320,20 +314,24 @@ def _to_host(tree: Any) -> Any:
 def train(cfg: TrialConfig, report: Callable[[Row], None] = lambda row: None, *,
           resume: dict[str, Any] | None = None,
           save_state: Callable[[dict[str, Any]], None] | None = None) -> Row:
-    """Run cfg.epochs epochs, calling report(row) after each; return the summary row.
+    """Run cfg.epochs epochs (l2bn.run.GroupRun), calling report(row) after each; return the
+    summary row.
 
     `resume` is a dict from an earlier `save_state` call: training continues after its epoch.
     Divergence ends the trial at once with diverged=True; it never raises.
     """
+    from .run import GroupRun  # run builds on Trial
+
     trial = Trial(cfg)
     if resume is not None:
         trial.load(resume)
-    while not trial.done:
-        (row,) = trial.run_epoch()
-        if save_state is not None and not row["diverged"]:
-            save_state(trial.state())
-        report(row)
-    return trial.summary()
+
+    def on_epoch(epoch: Any) -> None:
+        if save_state is not None and epoch.models:
+            save_state(epoch.state())
+        report(epoch.rows[0])
+
+    return GroupRun(trial).run(on_epoch)[0]
 
 
 TABLE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error",

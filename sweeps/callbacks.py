@@ -1,4 +1,5 @@
-"""Driver-side Tune callbacks: the `failed` summary rows, and live progress with an ETA."""
+"""Driver-side Tune hooks: the `failed` summary rows, live progress with an ETA, and the
+trials' names and folders."""
 from __future__ import annotations
 
 import logging
@@ -8,17 +9,33 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 from ray.tune import Callback
+from ray.tune.experiment import Trial  # the object Callback hooks receive: its status constants
 
+from l2bn.config import TrialConfig
+from l2bn.grid import group_name
 from l2bn.provenance import VERSIONS, run_info
 from l2bn.schema import HISTORY, Row, config_columns, final_row
 from l2bn.store import ResultStore
 
-from .resume import finished_ids
-from .trainable import group_configs, trial_config
+from .trainable import group_configs
+
+
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    """The group's first grid point (what the group's members share but lr and l2)."""
+    return group_configs(config)[0]
+
+
+def trial_name(trial: Any) -> str:
+    """Tune's display name: the group's name (l2bn.grid.group_name, stable across runs)."""
+    return group_name([c.trial_id for c in group_configs(trial.config)])
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's per-trial folder: the group's name plus Tune's id (unique, short). Only for
+    people: a later run finds checkpoints by their own files (l2bn.run.latest_checkpoints)."""
+    return f"{trial_name(trial)}_{trial.trial_id}"
 
 
 class OneLineTrialErrors(logging.Filter):
@@ -44,7 +61,7 @@ class FailedTrialWriter(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _error_text(trial)
         cfgs = group_configs(trial.config, self.overrides)
-        done = finished_ids(self.store, [c.trial_id for c in cfgs])
+        done = self.store.finished([c.trial_id for c in cfgs])
         for cfg in cfgs:
             if cfg.trial_id in done:
                 continue  # a member that finished before the group failed keeps its row
@@ -57,12 +74,10 @@ class FailedTrialWriter(Callback):
     def _last_row(self, trial_id: str) -> Row | None:
         """The trial's last history row; None (with a named warning if the file exists but
         cannot be read) when there is none."""
-        path = self.store.path(HISTORY, trial_id)
-        if self.store.fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
         try:
-            rows = pq.read_table(path, filesystem=self.store.fs).to_pylist()
+            rows = self.store.read_history(trial_id)
         except (pa.ArrowException, OSError, ValueError) as exc:
+            path = self.store.path(HISTORY, trial_id)
             print(f"warning: trial {trial_id}: history file {path} is unreadable "
                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); its failed row "
                   "holds the config and the driver's versions only", file=sys.stderr, flush=True)
@@ -188,16 +203,16 @@ class Progress(Callback):
             epochs = int(t.config["group"][0]["epochs"])
             reported = int((t.last_result or {}).get("epoch") or 0)
             c.epochs_total += epochs
-            if t.status == "TERMINATED":
+            if t.status == Trial.TERMINATED:
                 c.done += 1
                 c.epochs_done += epochs  # diverged trials end early: nothing is left to run
                 continue
             c.epochs_done += reported
-            if t.status == "ERROR":
+            if t.status == Trial.ERROR:
                 c.failed += 1
                 continue
             c.epochs_left += epochs - reported
-            if t.status != "RUNNING":
+            if t.status != Trial.RUNNING:
                 c.pending += 1
             elif t.trial_id in self.reporting:
                 c.running += 1

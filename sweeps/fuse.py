@@ -1,11 +1,11 @@
 """--fuse and --cpus-per-trial as run_grid uses them: a number as given, or `auto`.
 
 `auto` on a GPU (--gpus-per-trial > 0) is whole lr x l2 groups per Tune trial. On CPUs it is
-measured: l2bn/probe.py times the grid's own shape for a few K (models per stack) and thread
+measured: sweeps/probe.py times the grid's own shape for a few K (models per stack) and thread
 counts before Tune starts, and the fastest (K, threads) sets --fuse and, unless given,
 --cpus-per-trial; the rates and the choice go into sweep.json. A sweep that exists already
 keeps the fuse and threads it started with (its Tune trials were made by the first run).
-A new sweep of a shape this machine probed before reuses those rates (l2bn/probe.py's cache;
+A new sweep of a shape this machine probed before reuses those rates (sweeps/probe.py's cache;
 --reprobe measures again) and chooses from them for its own groups.
 """
 from __future__ import annotations
@@ -76,9 +76,9 @@ def resolve(fuse: int | None, cpus_per_trial: float | None, gpus_per_trial: floa
 
 def probe(configs: list[TrialConfig], cpus: int, threads: int | None,
           reprobe: bool = False) -> FuseChoice:
-    """Time the grid's shape (l2bn.probe; or reuse this machine's cached rates for it unless
+    """Time the grid's shape (sweeps/probe.py; or reuse this machine's cached rates for it unless
     `reprobe`), print the rates, and choose (K, threads)."""
-    from l2bn import probe as p
+    from . import probe as p
 
     ks = p.candidate_ks(max(len(g) for g in groups(configs, None)))
     ts = p.candidate_threads(cpus, threads)
@@ -112,7 +112,7 @@ def _rates(cfg: TrialConfig, ks: list[int], ts: list[int], cpus: int, reprobe: b
            ) -> tuple[dict[tuple[int, int], float], float, str, bool] | None:
     """(rates, probe seconds, when they were measured, reused?) from this machine's cache for
     cfg's shape (0 s), else measured and cached; None if the probe failed."""
-    from l2bn import probe as p
+    from . import probe as p
 
     key = p.cache_key(cfg, ks, ts, cpus)
     hit = None if reprobe else p.cached(key)

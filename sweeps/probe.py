@@ -7,7 +7,7 @@ stack of K models for WINDOW_S seconds after a warm-up, in lockstep. The machine
 (K, t) is the sum of its processes' model-images per second. About 0.3 s per (K, t) pair plus
 about 1 s to start the processes (they import torch) on an idle 2-CPU machine: 3.5 s for 8
 pairs; longer on a loaded one. `choose` picks from the rates; it is pure, so tests inject the
-timings. No Ray here.
+timings. No Ray here (the sweep driver runs it before Ray starts).
 
 The rates are cached per machine, software and shape (`cache_key`) in
 $L2BN_CACHE/probe.json (default ~/.cache/l2bn): a later sweep of the same shape on the same
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import TrialConfig
+from l2bn import __version__
+from l2bn.config import TrialConfig
 
 PROBE_KS = (1, 4, 8, 16)
 WARMUP_STEPS, STEPS_PER_CALL, WINDOW_S = 2, 2, 0.2  # per (K, threads): steps, steps, seconds
@@ -87,7 +87,7 @@ def _worker(rank: int, row: dict[str, Any], ks: list[int], threads: list[int], c
     another still times this one)."""
     import torch
 
-    from .train import Trial
+    from l2bn.train import Trial
 
     cfg = TrialConfig.from_dict(row)
     for k in ks:
@@ -137,13 +137,12 @@ def measure(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int,
 def cache_key(cfg: TrialConfig, ks: list[int], threads: list[int], cpus: int) -> str:
     """What the measured rates depend on: the machine, the software, the probed shape and the
     candidates, as one JSON string."""
-    from .provenance import git_revision
-    from .train import layout
+    from l2bn.provenance import git_revision
 
     return json.dumps({
         "host": socket.gethostname(), "machine": platform.machine(), "cpu": _cpu_model(),
         "cpus": cpus, "torch": importlib.metadata.version("torch"), "l2bn": __version__,
-        "git_rev": git_revision(), "layout": layout(),
+        "git_rev": git_revision(), "layout": cfg.layout,
         "shape": {f: getattr(cfg, f) for f in SHAPE_FIELDS}, "ks": ks, "threads": threads,
     }, sort_keys=True)
 
@@ -161,7 +160,7 @@ def _cpu_model() -> str:
 
 def cache_path() -> Path:
     """$L2BN_CACHE/probe.json (default ~/.cache/l2bn/probe.json), beside downloaded data."""
-    from .data import default_cache_dir
+    from l2bn.data import default_cache_dir
 
     return default_cache_dir() / CACHE_FILE
 

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # `python sweeps/run_grid.py` from a checkout tha
 from l2bn.config import EXECUTION_FIELDS, TrialConfig  # noqa: E402
 from l2bn.grid import GRID_DIR, GridError, describe_diagonals, groups, load_grid, parse_value, summary  # noqa: E402
 from l2bn.store import ResultStore  # noqa: E402
+from sweeps import ray_env  # noqa: E402
 from sweeps.errors import SweepError  # noqa: E402
 from sweeps.fuse import available_cpus, parse_fuse, resolve  # noqa: E402
 from sweeps.resume import latest_checkpoints, resume_changes, run_options, unfinished_groups  # noqa: E402
@@ -102,37 +103,25 @@ def check_same_grid(store: ResultStore, configs: list[TrialConfig],
 
 def _env_for_workers() -> dict[str, str]:
     from l2bn.provenance import git_revision
-    from l2bn.train import LAYOUT_ENV
-    env = {"L2BN_GIT_REV": git_revision(), "RAY_CHDIR_TO_TRIAL_DIR": "0",
-           "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
-    if os.environ.get(LAYOUT_ENV):  # a baseline's layout (benchmarks), on every node
-        env[LAYOUT_ENV] = os.environ[LAYOUT_ENV]
-    return env
+    return {"L2BN_GIT_REV": git_revision(), **ray_env.worker_env(),
+            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning")}
 
 
 def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     """Run (or continue) the configs, one Tune trial per unfinished group of at most `opts.fuse`
     grid points that differ only in lr and l2; return the counted outcome."""
-    # Keep Tune's own files light (our Parquet files are the record) and paths absolute.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune forces an experiment-state snapshot every `keep_checkpoints` checkpoints of a trial
-    # and warns about it after 5 s; expected here, and --checkpoint-every is the knob.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray_env.set_switches()  # Tune's own files light (our Parquet files are the record), quiet
     import ray
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.logger import CSVLoggerCallback
 
-    from sweeps.callbacks import FailedTrialWriter, OneLineTrialErrors, Progress
-    from sweeps.trainable import WATCHED, run_trial, trial_dirname, trial_name
-    from sweeps.watch import watch_callbacks
+    from sweeps.callbacks import (FailedTrialWriter, OneLineTrialErrors, Progress, trial_dirname,
+                                  trial_name)
+    from sweeps.trainable import run_trial
+    from sweeps.watch import WATCHED, watch_callbacks
 
-    # Trials without Tune's own logs (killed before their first epoch) are expected here.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineTrialErrors())
+    ray_env.quiet_driver_loggers(OneLineTrialErrors())
     store = ResultStore(opts.storage, opts.name)
     old = check_same_grid(store, configs, opts)
     resuming = old is not None
@@ -151,7 +140,7 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
         return _outcome(store, configs, 0.0)
     if not ray.is_initialized():
         # "local": a new instance even where `ray start` left one on this machine (ray.init()
-        # would join it, and refuse num_cpus); --address/$RAY_ADDRESS join a cluster.
+        # would join it, and refuse num_cpus); --address (or Ray's address variable) joins a cluster.
         ray.init(address=opts.address or "local", num_cpus=None if opts.address else opts.num_cpus,
                  runtime_env={"env_vars": _env_for_workers()}, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=True)
@@ -229,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="a local CIFAR-10 copy (holding cifar-10-batches-py) that "
                                       "exists on every node; default: download once per node")
     p.add_argument("--address", default=_default("address"),
-                   help="Ray cluster to join ('auto' = the running one; also $RAY_ADDRESS); "
+                   help=f"Ray cluster to join ('auto' = the running one; also ${ray_env.ADDRESS_ENV}); "
                         "default: start a local Ray instance")
     p.add_argument("--fuse", default="auto", metavar="N|auto",
                    help="grid points (differing only in lr and l2) trained as one stack of models "
@@ -289,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(describe_fuse(configs, fuse, args.fuse))
         return 0
-    address = args.address or os.environ.get("RAY_ADDRESS")
+    address = ray_env.cluster_address(args.address)
     if not address:  # a local instance: the driver's disk is every trial's disk
         from l2bn.data import DataError
         try:

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from l2bn.schema import LAYERS, TEST_COLUMNS, TRAIN_COLUMNS, Row, layer_column
+
 from .errors import SweepError
+
+# With --tensorboard / --mlflow: each member's columns a user watching a run wants as curves.
+WATCHED = ("test_error", "diverged") + TRAIN_COLUMNS[:2] + TEST_COLUMNS[:1] + ("images_per_s",) + tuple(
+    layer_column(layer, m) for layer in LAYERS
+    for m in ("w_norm", "unit_norm", "angular_update", "pred_angular_update", "eff_lr"))
+
+
+def watched_metrics(rows: list[Row], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`keys` of each member's epoch row; prefixed `<trial_id>/` when the group has several."""
+    if len(rows) == 1:
+        return {k: rows[0][k] for k in keys if k in rows[0]}
+    return {f"{r['trial_id']}/{k}": r[k] for r in rows for k in keys if k in r}
 
 
 def watch_callbacks(opts: Any) -> list:

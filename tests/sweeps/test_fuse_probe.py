@@ -2,7 +2,7 @@
 resumed sweep keeping its choice, and one real (tiny) probe."""
 import pytest
 
-from l2bn import probe
+from sweeps import probe
 from l2bn.config import TrialConfig
 from l2bn.grid import groups
 from l2bn.store import ResultStore

@@ -448,8 +448,10 @@ def _checkpoint(folder: Path, trial_ids: list[str], epoch: int) -> None:
 
 def test_unfinished_groups_and_their_latest_checkpoints(tmp_path, synthetic_rows):
     """Groups with a finished row for every member are skipped; each other group's latest
-    checkpoint (highest epoch over earlier runs' trial folders, whole ones of its members
-    only) is the one a resume continues from."""
+    checkpoint (highest epoch over the checkpoints anywhere under the sweep's folder, whole
+    ones of exactly its members) is the one a resume continues from."""
+    import torch
+
     from l2bn.grid import group_name
     from sweeps.resume import latest_checkpoints, unfinished_groups
 
@@ -469,15 +471,46 @@ def test_unfinished_groups_and_their_latest_checkpoints(tmp_path, synthetic_rows
     sweep = tmp_path / "s"
     _checkpoint(sweep / f"{a}_1111_00000" / "checkpoint_000003", [a], 3)  # an earlier run
     _checkpoint(sweep / f"{a}_2222_00000" / "checkpoint_000000", [a], 5)  # the latest run
-    _checkpoint(sweep / f"{a}_2222_00000" / "checkpoint_000001", [b], 9)  # not its members
+    _checkpoint(sweep / f"{a}_2222_00000" / "checkpoint_000001", [a, b], 9)  # not its members
     (sweep / f"{a}_3333_00000" / "checkpoint_000000").mkdir(parents=True)  # cut short
     _checkpoint(sweep / f"{done.trial_id}_1111_00001" / "checkpoint_000000", [done.trial_id], 4)
-    for index in (1, 2):  # before group.json: the highest checkpoint index is the latest
-        (sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}").mkdir(parents=True)
-        (sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}" / "state.pt").write_bytes(b"")
+    for index in (2, 1):  # before group.json: members and epoch from state.pt itself
+        folder = sweep / f"{b}_0000_00002" / f"checkpoint_00000{index}"
+        folder.mkdir(parents=True)
+        torch.save({"state": {"trial_ids": [b], "epoch": 3 - index}, "wall_time_s": 0.0},
+                   folder / "state.pt")
     found = latest_checkpoints(store, todo)
-    assert found == {group_name([a]): f"{sweep}/{a}_2222_00000/checkpoint_000000/state.pt",
-                     group_name([b]): f"{sweep}/{b}_0000_00002/checkpoint_000002/state.pt"}
+    assert found == {group_name([a]): f"{sweep}/{a}_2222_00000/checkpoint_000000",
+                     group_name([b]): f"{sweep}/{b}_0000_00002/checkpoint_000001"}
+
+
+def test_checkpoints_are_found_after_tune_folders_are_renamed(tmp_path):
+    """A real group checkpoint (GroupRun, Epoch.save) in trial folders renamed by hand (or
+    by a tool) and nested deeper: the latest epoch is found by the project's own files and
+    the group continues after it, its members and wall time restored."""
+    from l2bn.grid import group_name
+    from l2bn.run import GroupRun
+    from sweeps.resume import latest_checkpoints
+
+    cfgs = [TrialConfig(data="synthetic", device="cpu", width=4, batch_size=32, n_train=64,
+                        n_test=32, epochs=3, lr=lr, seed=0) for lr in (0.05, 0.1)]
+    store = ResultStore(str(tmp_path), "s")
+    sweep = tmp_path / "s"
+    folders = {1: sweep / "renamed by hand" / "first", 2: sweep / "archive" / "x" / "y"}
+
+    def save(epoch) -> None:
+        folders[epoch.epoch].mkdir(parents=True)
+        epoch.save(str(folders[epoch.epoch]))
+        return "enough" if epoch.epoch == 2 else None
+
+    GroupRun(Trial(cfgs)).run(save)
+    found = latest_checkpoints(store, [cfgs, cfgs[:1]])
+    assert found == {group_name([c.trial_id for c in cfgs]): str(folders[2])}
+    run = GroupRun.open(cfgs, store, checkpoint=found[group_name([c.trial_id for c in cfgs])],
+                        fs=store.fs)
+    assert run.trial.epoch == 2 and run.wall_before > 0
+    assert [len(h) for h in run.trial.histories] == [2, 2]
+    assert [r["epoch"] for r in run.trial.histories[0]] == [1, 2]
 
 
 def _group_error(store: ResultStore, cfgs: list[TrialConfig]) -> None:
@@ -500,7 +533,7 @@ def test_diverged_trials_are_finished_on_resume(tmp_path, synthetic_rows):
     diverged is skipped by a resume, a failed member is not finished, and a later error of a
     group does not turn its diverged rows into failed ones."""
     pytest.importorskip("ray")
-    from sweeps.resume import finished_ids, unfinished_groups
+    from sweeps.resume import unfinished_groups
 
     grid = tmp_path / "g.yaml"
     grid.write_text(GROUP_GRID.replace("lr: [0.02, 0.05]", "lr: [0.02, 0.05]\n  l2: [0, 1e-3]"))
@@ -513,7 +546,7 @@ def test_diverged_trials_are_finished_on_resume(tmp_path, synthetic_rows):
     store.write_trial({**second[1].to_row(), "trial_id": second[1].trial_id}, "failed",
                       wall_time_s=None, error="RuntimeError: boom")
     ids = [c.trial_id for c in configs]
-    assert finished_ids(store, ids) == {first[0].trial_id, first[1].trial_id, second[0].trial_id}
+    assert store.finished(ids) == {first[0].trial_id, first[1].trial_id, second[0].trial_id}
     assert unfinished_groups(store, configs, fuse=2) == [second]
     assert [g[0].trial_id for g in unfinished_groups(store, configs, fuse=1)] == [second[1].trial_id]
     before = {i: store.read_trial(i) for i in ids}
@@ -575,7 +608,7 @@ def test_a_rerun_continues_a_group_from_an_earlier_runs_checkpoint(tmp_path):
     state = trial.state()
     for h in state["histories"]:
         h[0]["time_s"] = 12345.0  # no real epoch takes this long: marks the checkpoint's row
-    folder = storage / "group" / f"{group_name(ids)}_old_00000" / "checkpoint_000000"
+    folder = storage / "group" / "old run, renamed" / "its checkpoint"  # any names: found by its files
     folder.mkdir(parents=True)
     torch.save({"state": state, "wall_time_s": 1.0}, folder / "state.pt")
     (folder / "group.json").write_text(json.dumps({"trial_ids": ids, "epoch": 1}))
@@ -589,19 +622,16 @@ def test_a_rerun_continues_a_group_from_an_earlier_runs_checkpoint(tmp_path):
     assert len(history) == 2 * 4
     assert list(history["time_s"].xs(1, level="epoch")) == [12345.0, 12345.0]
     assert (history["time_s"].drop(1, level="epoch") < 12345.0).all()
-    kept = [p for p in (storage / "group").glob(f"{group_name(ids)}_*/checkpoint_*")
-            if "_old_" not in str(p)]
+    kept = list((storage / "group").glob(f"{group_name(ids)}_*/checkpoint_*"))
     assert len(kept) == 1, kept  # epochs 2, 3 and 4 checkpointed, one kept
 
 
-@pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant to only be called")
 def test_unreadable_checkpoint_restarts_the_group_with_a_warning(tmp_path, capsys):
     """A state.pt cut short (a crash mid-copy) is named in a warning and the group trains from
     its first epoch; an intact one continues after its epoch (every retry failed before)."""
-    pytest.importorskip("ray")
     import torch
 
-    from sweeps.trainable import _restore
+    from l2bn.run import GroupRun
 
     cfgs = [TrialConfig(data="synthetic", device="cpu", width=4, batch_size=32, n_train=64,
                         n_test=32, epochs=3, lr=lr, seed=0) for lr in (0.05, 0.1)]
@@ -609,32 +639,32 @@ def test_unreadable_checkpoint_restarts_the_group_with_a_warning(tmp_path, capsy
     trial.run_epoch()
     path = tmp_path / "state.pt"
     torch.save({"state": trial.state(), "wall_time_s": 4.0}, path)
-    intact, wall = _restore(cfgs, store, str(path))
-    assert (intact.epoch, wall) == (1, 4.0) and "warning" not in capsys.readouterr().err
+    intact = GroupRun.open(cfgs, store, checkpoint=str(tmp_path))
+    assert (intact.trial.epoch, intact.wall_before) == (1, 4.0)
+    assert "warning" not in capsys.readouterr().err
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    fresh, wall = _restore(cfgs, store, str(path))
-    assert (fresh.epoch, wall, len(fresh.cfgs)) == (0, 0.0, 2)
+    fresh = GroupRun.open(cfgs, store, checkpoint=str(tmp_path))
+    assert (fresh.trial.epoch, fresh.wall_before, len(fresh.trial.cfgs)) == (0, 0.0, 2)
     err = capsys.readouterr().err
     assert err.startswith(f"warning: checkpoint {path} (") and "from its first epoch" in err
-    gone = tmp_path / "gone.pt"  # deleted after resume.latest_checkpoints listed it
-    assert _restore(cfgs, store, str(gone))[0].epoch == 0
-    assert capsys.readouterr().err.startswith(f"warning: checkpoint {gone} (FileNotFoundError")
+    gone = tmp_path / "gone"  # deleted after resume.latest_checkpoints listed it
+    assert GroupRun.open(cfgs, store, checkpoint=str(gone)).trial.epoch == 0
+    assert capsys.readouterr().err.startswith(f"warning: checkpoint {gone}/state.pt (FileNotFoundError")
 
 
-@pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant to only be called")
 @pytest.mark.parametrize("source", ["earlier run", "Tune retry"])
 @pytest.mark.parametrize("cut, raised", [(100, "RuntimeError"), (0, "EOFError")])
 def test_a_checkpoint_cut_at_its_start_restarts_the_group_with_a_warning(
-        tmp_path, monkeypatch, capsys, source, cut, raised):
+        tmp_path, capsys, source, cut, raised):
     """A state.pt cut to its first 100 bytes (torch.load: RuntimeError, no zip directory) or to
-    nothing (EOFError), from an earlier run or as Tune's checkpoint of a retry: named in a
-    warning, the group trains from its first epoch, as for a file cut in half."""
+    nothing (EOFError), from an earlier run (on the store's filesystem) or as Tune's checkpoint
+    of a retry (its local copy, as the trainable opens it): named in a warning, the group trains
+    from its first epoch, as for a file cut in half."""
     pytest.importorskip("ray")
     import torch
     from ray.tune import Checkpoint
 
-    import sweeps.trainable
-    from sweeps.trainable import _restore
+    from l2bn.run import GroupRun
 
     cfgs = [TrialConfig(data="synthetic", device="cpu", width=4, batch_size=32, n_train=64,
                         n_test=32, epochs=3, lr=lr, seed=0) for lr in (0.05, 0.1)]
@@ -646,12 +676,14 @@ def test_a_checkpoint_cut_at_its_start_restarts_the_group_with_a_warning(
     torch.save({"state": trial.state(), "wall_time_s": 4.0}, path)
     path.write_bytes(path.read_bytes()[:cut])
     assert path.stat().st_size == cut
-    earlier = str(path) if source == "earlier run" else None
-    if source == "Tune retry":
-        monkeypatch.setattr(sweeps.trainable.tune, "get_checkpoint",
-                            lambda: Checkpoint.from_directory(str(folder)))
-    fresh, wall = _restore(cfgs, store, earlier)
-    assert (fresh.epoch, wall, [c.lr for c in fresh.cfgs]) == (0, 0.0, [0.05, 0.1])
+    if source == "earlier run":
+        fresh = GroupRun.open(cfgs, store, checkpoint=str(folder), fs=store.fs)
+        named = path
+    else:
+        with Checkpoint.from_directory(str(folder)).as_directory() as local:
+            fresh = GroupRun.open(cfgs, store, checkpoint=local)
+        named = f"{local}/state.pt"
+    assert (fresh.trial.epoch, fresh.wall_before, [c.lr for c in fresh.trial.cfgs]) == (0, 0.0, [0.05, 0.1])
     err = capsys.readouterr().err
-    assert err.startswith(f"warning: checkpoint {path} ({raised}: "), err
+    assert err.startswith(f"warning: checkpoint {named} ({raised}: "), err
     assert "from its first epoch" in err

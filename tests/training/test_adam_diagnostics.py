@@ -168,7 +168,10 @@ def test_adam_trial_writes_both_columns_per_model(tmp_path):
 def test_a_model_frozen_mid_epoch_leaves_the_others_diagnostics_unchanged(monkeypatch):
     """Adam, 64 steps an epoch: the diverging middle model is frozen at the step-50 check,
     mid-epoch, so the accumulators (last gradient, Adam's step) must drop it there."""
-    base = dict(SMALL, batch_size=8, n_train=512, epochs=2, optimizer="adam", norm="none")
+    # bit-equal rows need one conv algorithm for 3 and 2 models: NCHW (channels_last picks
+    # kernels by group count, which moves float32 rounding, not what this test guards)
+    base = dict(SMALL, batch_size=8, n_train=512, epochs=2, optimizer="adam", norm="none",
+                layout="nchw")
     good = [TrialConfig(**base, lr=lr, l2=1e-3) for lr in (1e-3, 3e-3)]
     bad = TrialConfig(**base, lr=50.0, l2=0.0)
     selected_at, select = [], UpdateTracker.select
@@ -178,9 +181,6 @@ def test_a_model_frozen_mid_epoch_leaves_the_others_diagnostics_unchanged(monkey
         select(self, keep, weights)
 
     monkeypatch.setattr(UpdateTracker, "select", spy)
-    # bit-equal rows need one conv algorithm for 3 and 2 models: NCHW (channels_last picks
-    # kernels by group count, which moves float32 rounding, not what this test guards)
-    monkeypatch.setenv("L2BN_LAYOUT", "nchw")
     fused = Trial([good[0], bad, good[1]])
     while not fused.done:
         fused.run_epoch()

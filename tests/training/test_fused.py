@@ -148,8 +148,7 @@ CASES = ([(o, n, u, "all") for o in LRS for n in ("batch", "weight", "layer")
 
 @pytest.mark.parametrize("optimizer, norm, update, scope", CASES)
 def test_fused_group_equals_models_one_by_one(optimizer, norm, update, scope, monkeypatch):
-    monkeypatch.setenv("L2BN_LAYOUT", "nchw")  # the tolerances' layout (see PARAM_TOL)
-    cfgs = _group(optimizer, norm, update, scope)
+    cfgs = _group(optimizer, norm, update, scope, layout="nchw")  # the tolerances' (PARAM_TOL)
     trial = Trial(cfgs)
     rows = trial.run_epoch()
     assert [r["trial_id"] for r in rows] == [c.trial_id for c in cfgs]
@@ -296,8 +295,9 @@ def test_bf16_autocast_trains_with_normalization_and_parameters_in_fp32():
 
 
 def test_the_cpu_path_feeds_the_convolutions_in_the_chosen_layout(monkeypatch):
-    """channels_last by default on the CPU too (for K = 1 and groups); $L2BN_LAYOUT=nchw for a
-    baseline. Every conv's input is in that layout, and the logits agree either way."""
+    """channels_last by default on the CPU too (for K = 1 and groups); layout="nchw" for a
+    baseline. Every conv's input is in that layout, the logits agree either way, and the
+    layout, like the device, leaves the trial id alone."""
     import l2bn.stack
     conv2d, seen = F.conv2d, []
 
@@ -307,18 +307,15 @@ def test_the_cpu_path_feeds_the_convolutions_in_the_chosen_layout(monkeypatch):
         return conv2d(x, *args, **kw)
 
     monkeypatch.setattr(l2bn.stack.F, "conv2d", recording)
+    assert TrialConfig().layout == "channels_last"
     for cfgs in (_group("sgd", "batch", "l2")[:1], _group("sgd", "batch", "l2")):
         logits = {}
-        for env, want in ((None, "channels_last"), ("nchw", "nchw")):
-            if env is None:
-                monkeypatch.delenv("L2BN_LAYOUT", raising=False)
-            else:
-                monkeypatch.setenv("L2BN_LAYOUT", env)
-            trial = Trial(cfgs)
+        for want in ("channels_last", "nchw"):
+            trial = Trial([c.replace(layout=want) for c in cfgs])
             seen.clear()
             logits[want] = trial._forward(trial.train_set.images[:8], training=False)
             assert seen == [want] * 3, (len(cfgs), seen)
+            assert [c.trial_id for c in trial.cfgs] == [c.trial_id for c in cfgs]
         torch.testing.assert_close(logits["channels_last"], logits["nchw"], rtol=1e-5, atol=1e-6)
-    monkeypatch.setenv("L2BN_LAYOUT", "nhwc")
-    with pytest.raises(ValueError, match="L2BN_LAYOUT"):
-        Trial(cfgs)
+    with pytest.raises(ValueError, match="'layout' must be one of"):
+        cfgs[0].replace(layout="nhwc")
