@@ -50,11 +50,13 @@ def test_it_needs_a_normalization_and_the_normalized_l2_scope():
 def test_an_added_field_at_its_default_leaves_earlier_trial_ids_unchanged():
     cfg = TrialConfig(optimizer="adam", lr=1e-3, l2=1e-2, seed=2)
     row = {k: v for k, v in cfg.to_row().items()
-           # the fields as before scale_invariant, precision and eval_last were added
-           if k not in ("device", "data_dir", "scale_invariant", "precision", "eval_last")}
+           # the fields as before scale_invariant, precision and eval_last were added (the
+           # execution fields device, data_dir and layout never enter the id)
+           if k not in ("device", "data_dir", "layout", "scale_invariant", "precision", "eval_last")}
     before = hashlib.sha1(json.dumps(row, sort_keys=True, default=repr).encode()).hexdigest()[:12]
     assert cfg.trial_id == before
     assert cfg.replace(l2_scope="normalized", scale_invariant=True).trial_id != \
         cfg.replace(l2_scope="normalized").trial_id
     assert cfg.replace(precision="bf16").trial_id != cfg.trial_id
     assert cfg.replace(eval_last=3).trial_id != cfg.trial_id
+    assert cfg.replace(layout="nchw").trial_id == cfg.trial_id
