@@ -69,9 +69,11 @@ def _effect(row: dict, key: str) -> str:
 
 def _slope(c: dict) -> str:
     """'0.95 [0.81, 1.10] (1)': a collapse row's s, interval and the theory's s."""
-    return "" if c.get("s") is None else (
-        f"{c['s']:.2f} [{_num(c.get('ci_low'), '.2f')}, {_num(c.get('ci_high'), '.2f')}]"
-        f" ({c['s_theory']:g})")
+    if c.get("s") is None:
+        return ""
+    interval = "" if c.get("ci_low") is None else \
+        f" [{_num(c['ci_low'], '.2f')}, {_num(c.get('ci_high'), '.2f')}]"
+    return f"{c['s']:.2f}{interval} ({c['s_theory']:g})"
 
 
 def markdown(payload: dict) -> str:

@@ -1,4 +1,4 @@
-"""Tests shared by the checks: equivalence (TOST), F tails, nested least squares, Holm.
+"""Tests shared by the checks: equivalence (TOST), F tails, Holm.
 
 Distributions come from scipy.stats and the Holm adjustment from statsmodels; what is left
 here is the arithmetic that turns an effect and its standard error into the two p-values every
@@ -57,20 +57,6 @@ def f_sf(f: float, d1: float, d2: float) -> float:
     if not (np.isfinite(f) and d1 > 0 and d2 > 0):
         return float("nan")
     return float(stats.f.sf(max(f, 0.0), d1, d2))
-
-
-def sse(y: np.ndarray, *factors: np.ndarray, covariate: np.ndarray | None = None) -> tuple[float, int]:
-    """Residual SS and dof of the additive least-squares model y ~ factor_1 + ... (dummies),
-    plus one common slope in `covariate` if given."""
-    cols = [np.ones(len(y))]
-    for f in factors:
-        levels = np.unique(f)
-        cols += [(f == v).astype(float) for v in levels[1:]]
-    if covariate is not None:
-        cols.append(np.asarray(covariate, float))
-    X = np.stack(cols, axis=1)
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    return float(((y - X @ beta) ** 2).sum()), len(y) - int(np.linalg.matrix_rank(X))
 
 
 def holm(p_values: list[float]) -> list[float]:

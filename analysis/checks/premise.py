@@ -34,8 +34,9 @@ TEXT = (
     f"{NORM_DRIFT_MAX:g}, and angle drift = |change of ln(measured/predicted angular update)| "
     f"over the last epoch <= {ANGLE_DRIFT_MAX:g} (where a prediction exists); a trial with "
     f"fewer than two measured epochs has no drift and is not used. A fit needs >= "
-    f"{MIN_POINTS} used points over >= {MIN_DISTINCT} distinct lr and l2 values. When it has "
-    f"fewer, the forecast decides what that means: if >= {MIN_POINTS} points (over >= "
+    f"{MIN_POINTS} used points over >= {MIN_DISTINCT} distinct lr and l2 values; a design "
+    "whose non-diverged points are fewer than that is INSUFFICIENT. When only the used points "
+    f"are fewer, the forecast decides what that means: if >= {MIN_POINTS} points (over >= "
     f"{MIN_DISTINCT} lr and l2) had {RELAX_FACTOR:g} relaxation times in their budget "
     "(theory.relaxation_steps with each point's measured gradient norm), the cell is "
     f"**{NOT_EQUILIBRATED}**: the theory's premise failed where it was expected to hold, and "
@@ -95,6 +96,10 @@ def premise(cell_points: pd.DataFrame, factor: float = 1.0) -> Premise:
                        f"{guard:g} at all {int(p['test_mean'].notna().sum())} non-diverged points")
     if enough_points(used):
         return Premise(used, ready, None, "")
+    if not enough_points(p):  # the design itself is too small, whatever settles
+        return Premise(used, ready, "INSUFFICIENT", (
+            f"the design has {len(p)} non-diverged points over {p['lr'].nunique()} lr x "
+            f"{p['l2'].nunique()} l2 values (need >= {MIN_POINTS} and >= {MIN_DISTINCT} of each)"))
     counts = (f"{len(used)} equilibrated points over {used['lr'].nunique()} lr x "
               f"{used['l2'].nunique()} l2 values (need >= {MIN_POINTS} and >= {MIN_DISTINCT} of each)")
     if enough_points(ready):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .inference import Equivalence, equivalence_from_roots, f_sf
+from .inference import equivalence_from_roots, f_sf
 
 S_GRID = np.round(np.linspace(-1.0, 3.0, 401), 10)  # step 0.01; theory's s is 1/2 or 1
 MAX_DOF = 6  # cubic with two interior knots
@@ -197,9 +197,3 @@ def decide(row: dict) -> tuple[str, str]:
     return "INSUFFICIENT", (f"{where}: neither inside nor outside at adjusted p < {ALPHA:g} "
                             f"(equivalence p = {p_in:.2g}, outside p = {p_out:.2g})"
                             + ("; the interval holds both 1/2 and 1" if both else ""))
-
-
-def equivalence_summary(eq: Equivalence) -> str:
-    """'effect +0.0123 [90%: ...] vs +-margin' for reasons."""
-    return (f"{eq.effect:+.4f} (90% CI [{eq.ci_low:+.4f}, {eq.ci_high:+.4f}]) against "
-            f"+-{eq.margin:g}")

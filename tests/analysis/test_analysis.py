@@ -70,8 +70,8 @@ def test_too_few_points_is_insufficient(tmp_path):
                         lrs=(0.1, 0.2), l2s=(0.01, 0.02, 0.04))
     row = only(checks.collapse, cell="sgd/batch/l2")
     assert row["verdict"] == row["iso_verdict"] == "INSUFFICIENT"
-    assert row["reason"].startswith("6 equilibrated points over 2 lr x 3 l2 values (need >= 6 "
-                                    "and >= 3 of each)")
+    assert row["reason"] == ("the design has 6 non-diverged points over 2 lr x 3 l2 values "
+                             "(need >= 6 and >= 3 of each)")
     assert (row["n_points"], row["n_lr"], row["n_l2"]) == (6, 2, 3)
 
 

@@ -19,7 +19,7 @@ def test_one_row_per_cell_with_the_json_numbers():
     # one seed per point: DESCRIPTIVE as stated, INSUFFICIENT at the strict edge
     assert sgd["verdict_by_edge"] == ["INSUFFICIENT", "DESCRIPTIVE", "DESCRIPTIVE"]
     assert row["collapse"] == "INSUFFICIENT (not robust: INSUFFICIENT/DESCRIPTIVE/DESCRIPTIVE)"
-    assert row[COLUMNS[2]].startswith(f"{sgd['s']:.2f} [")
+    assert row[COLUMNS[2]] == f"{sgd['s']:.2f} ({sgd['s_theory']:g})"  # one seed: no interval
     proj = next(r for r in payload["projection"]
                 if r["cell"] == "sgd/batch/projection, l2_scope=normalized")
     assert table["sgd/batch/projection normalized"]["l2 effect [90% CI]"] == (

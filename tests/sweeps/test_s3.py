@@ -79,7 +79,7 @@ def test_smoke_sweep_on_s3_resumes_after_a_kill_and_reports_from_the_bucket(s3_e
     assert len(history) == 8 and not history.duplicated(["trial_id", "epoch"]).any()
 
     out = tmp_path / "report"
-    assert report(["--results", f"{storage}/smoke", "--out", str(out), "--bootstrap", "20"]) == 0
+    assert report(["--results", f"{storage}/smoke", "--out", str(out)]) == 0
     summary = json.loads((out / "collapse.json").read_text())["inputs"]
     assert (summary["n_found"], summary["n_used"]) == (8, 8)
     assert (out / "report.html").stat().st_size > 0
