@@ -4,9 +4,10 @@ Every point sits on a diagonal of the theory's invariant product p = lr^(1/s)*l2
 l2bn.theory.iso_slope: lr*l2 for sgd, momentum, adamw; lr^2*l2 for adam). A quadratic in
 log(p) fitted to the point means (all lr pooled; a diverged seed counts at chance) has its
 vertex at the optimum p* (a vertex beyond the design, or its replicates', is put at the
-design's end: the optimum lies at or beyond it). Its interval is a bootstrap over seeds: each point's seeds redrawn
-with replacement, N_BOOT replicates, a fixed RNG seed; the Monte Carlo error of each end is
-the half-width of the order statistics one binomial SD either side (in ln p). Per lr the same fit on
+design's end: the optimum lies at or beyond it). Its interval is a bootstrap over seeds:
+each point's seeds redrawn with replacement, N_BOOT replicates, a fixed RNG seed; the Monte
+Carlo error of each end is the half-width of the order statistics one binomial SD either side
+(in ln p). Per lr the same fit on
 that lr's points asks the paper's question: do the minima of the lr curves sit on one
 iso-line (their intervals overlap)? Descriptive: no verdict, no p-value in the family.
 """

@@ -31,8 +31,8 @@ from matplotlib.ticker import (
 from l2bn import theory
 from l2bn.schema import LAYERS, layer_column, layer_columns
 
-from .collapse import DEAD_COLUMNS
 from .checks.premise import CHANCE_ERROR
+from .collapse import DEAD_COLUMNS
 
 PANEL = (3.2, 2.7)  # inches per panel
 MAX_COLS = 4

@@ -46,8 +46,8 @@ from l2bn.config import DATA_SIZES, FUSED_FIELDS, ConfigError, TrialConfig  # no
 from l2bn.data import DataError, batch_folder  # noqa: E402
 from l2bn.grid import groups, load_grid  # noqa: E402
 from l2bn.provenance import run_info  # noqa: E402
-from l2bn.store import ResultStore  # noqa: E402
 from l2bn.run import Epoch, GroupRun  # noqa: E402
+from l2bn.store import ResultStore  # noqa: E402
 from l2bn.train import Trial, resolve_device  # noqa: E402
 
 PAPER_GROUPS = 5292 // 49  # the paper grid's lr x l2 groups (sweeps/grids/paper.yaml)

@@ -116,8 +116,7 @@ def run_sweep(configs: list[TrialConfig], opts: SweepOptions) -> SweepOutcome:
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.logger import CSVLoggerCallback
 
-    from sweeps.callbacks import (FailedTrialWriter, OneLineTrialErrors, Progress, trial_dirname,
-                                  trial_name)
+    from sweeps.callbacks import FailedTrialWriter, OneLineTrialErrors, Progress, trial_dirname, trial_name
     from sweeps.trainable import run_trial
     from sweeps.watch import WATCHED, watch_callbacks
 

@@ -153,7 +153,7 @@ def fit_slope(lr: np.ndarray, l2: np.ndarray, errors: list[np.ndarray], dof: int
     ss_pe = float(sum(((e - e.mean()) ** 2).sum() for e in errors))
     df_pe = int(w.sum() - len(errors))
     noise = ss_pe / df_pe if df_pe > 0 and ss_pe > 0 else float("nan")
-    n, m = len(errors), int(w.sum())
+    n = len(errors)
     r2 = 1.0 - sse_hat / sst
     r2_lr, k_lr = _single_r2(log_lr, y, w, dof, sst)
     r2_l2, k_l2 = _single_r2(log_l2, y, w, dof, sst)
@@ -192,7 +192,8 @@ def decide(row: dict) -> tuple[str, str]:
     if fails:
         return "FAIL", "; ".join(fails)
     if np.isfinite(p_in) and p_in < ALPHA:
-        return "PASS", f"{where}: equivalent, adjusted p = {p_in:.2g}; no lack of fit (adjusted p = {lof:.2g})"
+        return "PASS", (f"{where}: equivalent, adjusted p = {p_in:.2g}; no lack of fit "
+                        f"(adjusted p = {lof:.2g})")
     both = all(row["ci_low"] <= c <= row["ci_high"] for c in CANDIDATE_SLOPES)
     return "INSUFFICIENT", (f"{where}: neither inside nor outside at adjusted p < {ALPHA:g} "
                             f"(equivalence p = {p_in:.2g}, outside p = {p_out:.2g})"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.collapse import CheckSettings, Checks, run_checks
+from analysis.collapse import Checks, CheckSettings, run_checks
 from analysis.load import load_results
 from analysis.synthetic import SyntheticSweep, write_sweep
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from designs import (L2S, LRS, SGD_LRS, SGD_PRODUCTS, cell, checks_for, diagonals, rising,
-                     u_shape, unsettled)
+from designs import SGD_LRS, SGD_PRODUCTS, cell, checks_for, diagonals, rising, u_shape, unsettled
 from scipy import stats
 
 from analysis import protocol

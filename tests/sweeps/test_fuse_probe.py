@@ -2,10 +2,10 @@
 resumed sweep keeping its choice, and one real (tiny) probe."""
 import pytest
 
-from sweeps import probe
 from l2bn.config import TrialConfig
 from l2bn.grid import groups
 from l2bn.store import ResultStore
+from sweeps import probe
 from sweeps.errors import SweepError
 from sweeps.fuse import FuseChoice, parse_fuse, resolve
 from sweeps.run_grid import SweepOptions, check_same_grid
