@@ -243,13 +243,18 @@ def robust(variants: list[dict]) -> tuple[str, str]:
                             f"{nominal['reason']}")
 
 
+def judged_trials(results: Results) -> pd.DataFrame:
+    """The results' trials with their last-epoch drifts and the protocol's outcome columns."""
+    trials = results.trials.drop(columns=["norm_drift", "angle_drift"], errors="ignore")
+    trials = trials.merge(last_epoch_drifts(results.history), on="trial_id", how="left")
+    return with_outcome(trials, results.history, P.OUTCOME_EVALS)
+
+
 def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
                sensitivity: bool = True) -> Checks:
     """Every check of protocol 5 on the results' trials (and the sensitivity table unless
     `sensitivity` is False)."""
-    trials = results.trials.drop(columns=["norm_drift", "angle_drift"], errors="ignore")
-    trials = trials.merge(last_epoch_drifts(results.history), on="trial_id", how="left")
-    trials = with_outcome(trials, results.history, P.OUTCOME_EVALS)
+    trials = judged_trials(results)
     points = point_table(trials)
     train_points = with_seed_outcomes(points, trials, "train_outcome")
     cells = {c: p for c, p in points.groupby("cell", sort=True)}
@@ -257,11 +262,12 @@ def run_checks(results: Results, settings: CheckSettings = CheckSettings(),
     proj_cells = [c for c, p in cells.items() if p.iloc[0]["update"] == "projection"]
     eq_cells = [c for c in l2_cells if cells[c].iloc[0]["norm"] != "none"]
     train_cells = {c: p for c, p in train_points.groupby("cell", sort=True)}
+    projections = [projection_row(cells[c], settings) for c in proj_cells]  # no premise
     variants, families = [], []
     for factor in EDGE_FACTORS:
         tables = {"collapse": [slope_row(cells[c], factor, True) for c in l2_cells],
                   "collapse_train": [slope_row(train_cells[c], factor, False) for c in l2_cells],
-                  "projection": [projection_row(cells[c], settings) for c in proj_cells]}
+                  "projection": [dict(r) for r in projections]}
         families.append(judge_variant(tables))
         tables["equilibrium"] = [balance_row(cells[c], factor) for c in eq_cells]
         variants.append(tables)
@@ -296,8 +302,9 @@ def combine(per_variant: list[list[dict]], name: str) -> pd.DataFrame:
 
 def sensitivity_table(cells: dict, train_cells: dict, l2_cells: list[str],
                       nominal: dict[str, list[dict]]) -> pd.DataFrame:
-    """Per collapse cell: the verdict under each edge factor (as judged) and with the spline's
-    dof one lower and one higher (the nominal family, this cell's p-values replaced)."""
+    """Per collapse cell: the verdict with the spline's dof as designed, one lower and one
+    higher (the nominal family, this cell's p-values replaced); the verdict under each edge
+    factor is the rows' verdict_by_edge."""
     rows = []
     for i, cell in enumerate(l2_cells):
         for name, source in (("collapse", cells), ("collapse_train", train_cells)):

@@ -96,9 +96,9 @@ def power_table(configs: list[TrialConfig], sigma: float, gain: float) -> pd.Dat
 def seed_noise(uri: str) -> tuple[float, float]:
     """(pooled seed SD of one trial's outcome, median over collapse cells of the error change
     per doubling of lr at fixed l2, i.e. per unit of x/ln 2) in a results folder."""
-    from .collapse import run_checks  # heavy; only for this option
+    from .collapse import judged_trials, point_table  # only for this option
     from .load import load_results
-    points = run_checks(load_results(uri), sensitivity=False).points
+    points = point_table(judged_trials(load_results(uri)))
     dev = [(e - e.mean()) * np.sqrt(len(e) / (len(e) - 1)) for e in points["errors"] if len(e) > 1]
     sigma = float(np.sqrt(np.mean(np.concatenate(dev) ** 2)))
     gains = []
