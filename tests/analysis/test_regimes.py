@@ -34,11 +34,40 @@ def test_chance_on_both_sides(error, regime):
     assert G.classify(np.full(10, 1.5), np.full(10, error)) == regime
 
 
+@pytest.mark.parametrize("error, regime", [(G.TRAIN_ERROR_FLOOR * 0.99, G.CONVERGENCE),
+                                           (G.TRAIN_ERROR_FLOOR * 1.01, G.EQUILIBRIUM)])
+def test_train_error_floor_on_both_sides(error, regime):
+    """Bounded logits: a loss far above LOSS_FLOOR still converges when the error is ~0."""
+    assert G.classify(np.full(10, 0.6), np.full(10, error)) == regime
+
+
+@pytest.mark.parametrize("loss, regime", [(G.CHANCE_LOSS * 0.999, G.EQUILIBRIUM),
+                                          (G.CHANCE_LOSS, G.DIVERGENCE)])
+def test_chance_loss_on_both_sides(loss, regime):
+    """A guess's loss is divergence even when the error hovers below CHANCE_TRAIN_ERROR."""
+    assert G.classify(np.full(10, loss), np.full(10, 0.85)) == regime
+
+
 @pytest.mark.parametrize("ratio, regime", [(np.exp(G.PLATEAU_DRIFT) * 0.999, G.EQUILIBRIUM),
                                            (np.exp(G.PLATEAU_DRIFT) * 1.001, G.UNDECIDED)])
-def test_plateau_drift_on_both_sides(ratio, regime):
-    loss = np.array([1.0 * ratio] * G.LAST + [1.0] * G.LAST)  # previous LAST, then the last LAST
+@pytest.mark.parametrize("n_epochs", [6, 250])
+def test_plateau_drift_on_both_sides(ratio, regime, n_epochs):
+    w = G.window(n_epochs)
+    loss = np.array([1.0 * ratio] * (n_epochs - w) + [1.0] * w)  # the windows before, then the last
     assert G.classify(loss, np.full(len(loss), 0.3)) == regime
+
+
+def test_window_is_the_last_tenth_at_least_three_epochs():
+    assert [G.window(n) for n in (3, 20, 30, 31, 250)] == [3, 3, 3, 4, 25]
+
+
+def test_a_slow_descent_of_a_long_run_is_not_a_plateau():
+    """Falling as 1/t over 250 epochs: its last 3 epochs look flat (drift 0.012), its last
+    tenth does not (ln(237.5/212.5) = 0.11 > PLATEAU_DRIFT)."""
+    epochs = np.arange(1, 251)
+    loss = 50.0 / epochs + 0.0  # 0.2 at the end, above every floor
+    assert abs(np.log(loss[-3:].mean() / loss[-6:-3].mean())) < G.PLATEAU_DRIFT
+    assert G.classify(loss, np.full(250, 0.3)) == G.UNDECIDED
 
 
 def test_boundaries_by_hand():
