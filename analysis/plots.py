@@ -482,3 +482,41 @@ def optimum(points: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
               "invariant product, one line per lr; red: the pooled quadratic's minimum, grey: "
               "its 95% bootstrap interval over seeds")
     return fig
+
+
+REGIME_COLORS = {"convergence": "#d8f0d0", "chaotic equilibrium": "#f6efc4", "divergence": "#f6d2d2"}
+
+
+def regimes(study) -> Figure | None:
+    """Figure 9: train loss and test error of the fully scale-invariant network against its
+    fixed effective learning rate (projection update: the rate is lr), regimes shaded between
+    the median boundaries over seeds, the L2 arm's runs at their measured lr/||w||^2
+    (geometric mean over conv layers, bar: the layers' range) (analysis/regimes.py)."""
+    if study.empty:
+        return None
+    runs, arm = study.runs, study.l2_arm
+    fig = Figure(figsize=(PANEL[0] * 2.2, PANEL[1] * 1.3), layout="constrained")
+    axes = fig.subplots(1, 2)
+    lo, hi = runs["lr"].min() / 1.5, runs["lr"].max() * 1.5
+    cuts = [lo, *study.summary["lr_median"].tolist(), hi] if len(study.summary) else [lo, hi]
+    names = ["convergence", "chaotic equilibrium", "divergence"] if len(cuts) == 4 else []
+    for ax, column, label in zip(axes, ["train_loss_end", "test_error"],
+                                 ["train loss (last tenth of the run)", "test error (last 3 epochs)"],
+                                 strict=True):
+        for (a, b), name in zip(zip(cuts[:-1], cuts[1:]), names, strict=False):
+            ax.axvspan(a, b, color=REGIME_COLORS[name], zorder=0, label=name)
+        for seed, r in runs.groupby("seed"):
+            ax.plot(r["lr"], r[column], marker="o", ms=3, lw=0.8, label=f"seed {seed}")
+        if len(arm):
+            err = np.vstack([arm["eff_lr"] - arm["eff_lr_low"], arm["eff_lr_high"] - arm["eff_lr"]])
+            ax.errorbar(arm["eff_lr"], arm[column], xerr=err, fmt="^", color="black", ms=4,
+                        lw=0.6, label="update=l2 at its lr/||w||^2")
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("fixed effective learning rate (projection: lr)")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=6)
+    _suptitle(fig, "Three regimes at a fixed effective learning rate (Kodryan et al. 2022): "
+              "shaded by the median boundary over seeds; black: the same network trained with "
+              "L2, at the effective rate it settles at")
+    return fig

@@ -22,9 +22,14 @@ loss as flat.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from l2bn.schema import CONV_LAYERS, layer_column
+
+from .outcome import last_evals
 
 CONVERGENCE, EQUILIBRIUM, DIVERGENCE, UNDECIDED = (
     "convergence", "chaotic equilibrium", "divergence", "undecided")
@@ -104,3 +109,114 @@ def boundary_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["boundary", "n_seeds", "lr_median", "lr_low", "lr_high"])
     return per_seed.groupby("boundary", sort=False)["lr"].agg(
         n_seeds="size", lr_median="median", lr_low="min", lr_high="max").reset_index()
+
+
+# --- The regimes study of a results folder ---------------------------------------------------
+
+RUN_COLUMNS = ["trial_id", "seed", "lr", "regime", "train_loss_end", "train_error_end",
+               "test_error", "eff_lr_low", "eff_lr", "eff_lr_high", "epochs_run"]
+L2_COLUMNS = ["trial_id", "seed", "lr", "l2", "product", "relaxations", "regime", *RUN_COLUMNS[4:7],
+              "eff_lr_low", "eff_lr", "eff_lr_high", "rate_regime"]
+
+
+@dataclass
+class Study:
+    """The regimes study: projection runs classified, boundaries, and the L2 arm's rates."""
+
+    runs: pd.DataFrame  # one row per projection run (RUN_COLUMNS)
+    per_seed: pd.DataFrame  # boundaries per seed
+    summary: pd.DataFrame  # boundary_summary, plus the bracket over seeds
+    l2_arm: pd.DataFrame  # one row per L2 run of the same network (L2_COLUMNS)
+
+    @property
+    def empty(self) -> bool:
+        return self.runs.empty
+
+
+def _trajectory_row(h: pd.DataFrame) -> dict:
+    """Window means of one run's history (sorted by epoch) and its measured effective rates:
+    the window mean of each conv layer's lr/||w||^2, then min, geometric mean and max over layers."""
+    h = h.sort_values("epoch")
+    w = window(len(h))
+    tail = h.tail(w)
+    rates = [tail[c].astype(float).mean() for c in (layer_column(n, "eff_lr") for n in CONV_LAYERS)
+             if c in tail]
+    rates = np.asarray([r for r in rates if np.isfinite(r) and r > 0])
+    diverged = bool(h.get("diverged", pd.Series(False)).fillna(False).astype(bool).any())
+    return {"regime": classify(h["train_loss"], h["train_error"], diverged),
+            "train_loss_end": float(tail["train_loss"].astype(float).mean()),
+            "train_error_end": float(tail["train_error"].astype(float).mean()),
+            "eff_lr_low": float(rates.min()) if rates.size else np.nan,
+            "eff_lr": float(np.exp(np.log(rates).mean())) if rates.size else np.nan,
+            "eff_lr_high": float(rates.max()) if rates.size else np.nan,
+            "epochs_run": int(h["epoch"].max())}
+
+
+def _runs(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial of `trials`: its config, window means, regime and test outcome."""
+    tests = last_evals(history, LAST).set_index("trial_id")["test_outcome"]
+    rows = []
+    for t in trials.itertuples():
+        h = history[history["trial_id"] == t.trial_id]
+        if h.empty:
+            continue
+        rows.append({"trial_id": t.trial_id, "seed": int(t.seed), "lr": float(t.lr),
+                     "l2": float(t.l2), "test_error": float(tests.get(t.trial_id, np.nan)),
+                     **_trajectory_row(h)})
+    return pd.DataFrame(rows)
+
+
+def rate_regime(rate: float, summary: pd.DataFrame) -> str:
+    """The regime the projection runs show at a fixed effective rate: below the median
+    convergence|equilibrium boundary, between the two, or above the equilibrium|divergence one
+    ("" when a needed boundary was not located)."""
+    b = dict(zip(summary["boundary"], summary["lr_median"], strict=True)) if len(summary) else {}
+    first, second = (f"{a} | {c}" for a, c in zip(ORDER[:-1], ORDER[1:], strict=True))
+    if not np.isfinite(rate):
+        return ""
+    if first in b and rate < b[first]:
+        return CONVERGENCE
+    if second in b and rate >= b[second]:
+        return DIVERGENCE
+    return EQUILIBRIUM if first in b and second in b else ""
+
+
+def study(trials: pd.DataFrame, history: pd.DataFrame) -> Study:
+    """The regimes study of the fully scale-invariant SGD runs in a results folder: projection
+    runs are the fixed-rate sweep, update=l2 runs (l2 > 0) its L2 arm."""
+    si = trials[trials["scale_invariant"].fillna(False).astype(bool)
+                & (trials["optimizer"] == "sgd") & (trials["norm"] != "none")] \
+        if "scale_invariant" in trials else trials.iloc[:0]
+    proj = _runs(si[si["update"] == "projection"], history)
+    if proj.empty:
+        empty = pd.DataFrame()
+        return Study(pd.DataFrame(columns=RUN_COLUMNS), empty, empty, pd.DataFrame(columns=L2_COLUMNS))
+    proj = proj.sort_values(["seed", "lr"]).reset_index(drop=True)
+    per_seed = boundaries(proj)
+    summary = boundary_summary(per_seed)
+    if len(summary):
+        bracket = per_seed.groupby("boundary", sort=False).agg(
+            bracket_low=("lr_below", "min"), bracket_high=("lr_above", "max")).reset_index()
+        summary = summary.merge(bracket, on="boundary")
+    arm = _runs(si[(si["update"] == "l2") & (si["l2"] > 0)], history)
+    if len(arm):
+        arm["product"] = arm["lr"] * arm["l2"]
+        steps = history.groupby("trial_id")["step"].max()
+        # relaxation time 1/(2*lr*l2) steps for SGD (docs/theory.md#relaxation-times)
+        arm["relaxations"] = arm["trial_id"].map(steps).astype(float) * 2 * arm["product"]
+        arm["rate_regime"] = [rate_regime(r, summary) for r in arm["eff_lr"]]
+        arm = arm.sort_values(["product", "seed"]).reset_index(drop=True)[L2_COLUMNS]
+    else:
+        arm = pd.DataFrame(columns=L2_COLUMNS)
+    return Study(proj[RUN_COLUMNS], per_seed, summary, arm)
+
+
+def to_dict(s: Study) -> dict:
+    """regimes.json's content (floats as Python floats; NaN as None)."""
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return [{k: (None if isinstance(v, float) and not np.isfinite(v) else
+                     v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                for r in frame.to_dict("records")]
+    return {"rule_version": RULE_VERSION, "rule": TEXT, "runs": records(s.runs),
+            "boundaries_per_seed": records(s.per_seed), "boundaries": records(s.summary),
+            "l2_arm": records(s.l2_arm)}

@@ -8,6 +8,7 @@ collapse.json. Prints a verdict table.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, regimes
 from . import protocol as P
 from .collapse import (
     Checks,
@@ -49,6 +50,9 @@ FIGURES = {
                              "where the collapse should not hold.",
     "fig8_optimum": "Test error against the invariant product, one line per lr: where is the "
                     "best effective learning rate, and do the lr curves share it?",
+    "fig9_regimes": "The fully scale-invariant network at a fixed effective learning rate: "
+                    "train loss and test error per seed, regimes shaded, and where the same "
+                    "network trained with L2 settles.",
 }
 FIGURE_NUMBERS = {name: int(name.split("_")[0].removeprefix("fig")) for name in FIGURES}
 COLLAPSE_COLUMNS = ["cell", "role", "n_points", "n_ready", "n_excluded", "n_lr", "n_l2", "dof",
@@ -104,7 +108,8 @@ def choose_dynamics(points: pd.DataFrame, requested: list[dict],
     return chosen[:max_cells], warnings
 
 
-def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict]) -> dict:
+def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict],
+                 study: regimes.Study) -> dict:
     """name -> Figure or None, in FIGURES order."""
     p = checks.points
     normalized, control = p[p["norm"] != "none"], p[p["norm"] == "none"]
@@ -119,6 +124,7 @@ def make_figures(results: Results, checks: Checks, dynamics_cells: list[dict]) -
         "fig6_control_heatmaps": plots.heatmaps(control, checks.collapse, checks.projection,
                                                 "Control: no normalization (norm=none)"),
         "fig8_optimum": plots.optimum(p, checks.optimum),
+        "fig9_regimes": plots.regimes(study),
     }
 
 
@@ -152,8 +158,29 @@ def _cols(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return frame[[c for c in cols if c in frame]] if len(frame) else frame
 
 
+def regimes_blocks(study: regimes.Study) -> list[Block]:
+    """The report's regimes section (only for folders with scale-invariant projection runs)."""
+    if study.empty:
+        return []
+    return [Heading("The three regimes at a fixed effective learning rate (descriptive, no "
+                    "verdict)"), Text(regimes.TEXT),
+            Text("Boundaries over seeds: lr_median, lr_low..lr_high the range of the per-seed "
+                 "boundaries; bracket_low..bracket_high the lr interval that holds every seed's "
+                 "boundary (grid resolution included)."),
+            Table(study.summary, "regime_boundaries"),
+            Table(study.per_seed, "regime_boundaries_per_seed"),
+            Text("The same network trained with L2 (update=l2): eff_lr is the window mean of "
+                 "lr/||w||^2, geometric mean over conv layers (low/high: the layers' range); "
+                 "relaxations: the run's steps over the relaxation time 1/(2*lr*l2); regime: "
+                 "its own trajectory's regime by the rule above; rate_regime: the projection "
+                 "runs' regime at its effective rate."),
+            Table(study.l2_arm, "regime_l2_arm"),
+            Table(study.runs, "regime_runs")]
+
+
 def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
-                   figure_names: list[str], warnings: list[str]) -> list[Block]:
+                   figure_names: list[str], warnings: list[str],
+                   study: regimes.Study | None = None) -> list[Block]:
     """The report's blocks, shared by report.md and report.html."""
     blocks: list[Block] = [
         Text(f"Results: {results.uri}. Used {len(results.trials)} of {results.n_found} trials "
@@ -199,6 +226,7 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
                      "equilibrium_points"),
                Heading("The family of tests: raw and Holm-adjusted p-values (edge factor 1)"),
                Table(checks.family, "family"),
+               *(regimes_blocks(study) if study is not None else []),
                Heading("Skipped trials"),
                Table(pd.DataFrame(results.skipped, columns=["trial_id", "kind", "reason"]),
                      "skipped"),
@@ -226,13 +254,16 @@ def write_report(results: Results, out: Path, settings: CheckSettings,
     verdicts = verdict_table(checks)
     cells, warnings = choose_dynamics(checks.points, dynamics, max_dynamics)
     warnings = results.warnings + missing_points(checks.points) + warnings
+    study = regimes.study(results.trials, results.history)
     names: list[str] = []
     if figures:
-        names, absent = save_figures(make_figures(results, checks, cells), out, dpi)
+        names, absent = save_figures(make_figures(results, checks, cells, study), out, dpi)
         warnings += absent
     (out / "collapse.json").write_text(to_json(checks, results) + "\n")
+    if not study.empty:
+        (out / "regimes.json").write_text(json.dumps(regimes.to_dict(study), indent=1) + "\n")
     to_csv_frame(checks).to_csv(out / "collapse.csv", index=False)
-    blocks = build_document(results, checks, verdicts, names, warnings)
+    blocks = build_document(results, checks, verdicts, names, warnings, study)
     title = "l2bn: L2 regularization versus normalization: report"
     (out / "report.md").write_text(to_markdown(title, blocks))
     (out / "report.html").write_text(to_html(title, blocks, out))

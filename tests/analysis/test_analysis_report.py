@@ -36,6 +36,7 @@ def error(optimizer, norm, update, lr, l2):
     return 0.1 + 0.05 * (z - (-5.0 if optimizer == "adam" else -3.5)) ** 2
 
 
+GENERAL = [n for n in FIGURES if n != "fig9_regimes"]  # figure 9: regimes folders only (below)
 SWEEP = SyntheticSweep(error, optimizers=("sgd", "adam"), norms=("batch", "none"),
                        updates=("l2", "projection"), lrs=(0.01, 0.03, 0.1, 0.3, 3.0),
                        l2s=(0.0, 1e-4, 3e-4, 1e-3, 3e-3), seeds=(0, 1, 2), epochs=3,
@@ -95,7 +96,7 @@ def full_report(tmp_path_factory):
 
 
 def test_every_output_is_written(full_report):
-    for name in FIGURES:
+    for name in GENERAL:
         assert (full_report / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
         assert ET.parse(full_report / f"{name}.svg").getroot().tag.endswith("svg")
     for name in ("report.html", "report.md", "collapse.csv", "collapse.json"):
@@ -104,7 +105,7 @@ def test_every_output_is_written(full_report):
 
 def test_html_embeds_every_figure_and_the_verdict_table(full_report):
     page = parse_page(full_report / "report.html")
-    assert set(page.figures) == set(FIGURES)
+    assert set(page.figures) == set(GENERAL)
     for src in page.figures.values():
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -153,7 +154,7 @@ def test_csv_holds_every_check(full_report):
 
 def test_markdown_links_every_figure(full_report):
     md = (full_report / "report.md").read_text()
-    for name in FIGURES:
+    for name in GENERAL:
         assert f"({name}.png)" in md and f"({name}.svg)" in md
     assert "| check | cell | role | expected | verdict |" in md
 
@@ -214,7 +215,7 @@ def test_partial_sweep_renders_with_warnings_naming_what_was_skipped(tmp_path, c
     assert "sgd/batch/l2: 2 of 20 (lr, l2) grid points have no usable trial: " \
            "(lr=0.01, l2=0.0001), (lr=0.01, l2=0.0003)" in err
     page = parse_page(tmp_path / "out" / "report.html")
-    assert set(page.figures) == set(FIGURES) - {"fig6_control_heatmaps"}  # no norm=none trials
+    assert set(page.figures) == set(GENERAL) - {"fig6_control_heatmaps"}  # no norm=none trials
     skipped = {r[0]: r[1] for r in page.tables["skipped"][1:]}
     not_started = {t: "not_started" for t in ids["missing"] + ["feedfacecafe"]}
     assert skipped == {ids["unreadable"]: "unreadable", ids["running"]: "running",
@@ -317,3 +318,20 @@ def test_log_axis_labels_are_distinct(values):
     labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
     plt.close(fig)
     assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+
+
+def test_a_regimes_folder_gets_figure_9_regimes_json_and_its_section(tmp_path, full_report):
+    """Scale-invariant projection runs at several lr (the regimes design) add figure 9,
+    regimes.json (one run per trial) and the regimes section; other folders get none."""
+    sweep = SyntheticSweep(lambda *a: 0.5, updates=("projection",), lrs=(0.01, 0.1, 1.0, 10.0),
+                           l2s=(0.0,), seeds=(0, 1), epochs=4,
+                           extra={"scale_invariant": True, "l2_scope": "normalized"})
+    write_sweep(tmp_path / "results", sweep)
+    assert main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert (out / "fig9_regimes.png").read_bytes().startswith(PNG_MAGIC)
+    runs = json.loads((out / "regimes.json").read_text())["runs"]
+    assert sorted((r["seed"], r["lr"]) for r in runs) == sorted(
+        (s, lr) for s in (0, 1) for lr in (0.01, 0.1, 1.0, 10.0))
+    assert "three regimes" in (out / "report.md").read_text()
+    assert not (full_report / "regimes.json").exists() and not (full_report / "fig9_regimes.png").exists()
