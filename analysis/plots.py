@@ -503,7 +503,7 @@ def regimes(study) -> Figure | None:
     for ax, column, label in zip(axes, ["train_loss_end", "test_error"],
                                  ["train loss (last tenth of the run)", "test error (last 3 epochs)"],
                                  strict=True):
-        for (a, b), name in zip(zip(cuts[:-1], cuts[1:]), names, strict=False):
+        for (a, b), name in zip(zip(cuts[:-1], cuts[1:], strict=True), names, strict=False):
             ax.axvspan(a, b, color=REGIME_COLORS[name], zorder=0, label=name)
         for seed, r in runs.groupby("seed"):
             ax.plot(r["lr"], r[column], marker="o", ms=3, lw=0.8, label=f"seed {seed}")
