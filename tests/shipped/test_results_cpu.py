@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis import regimes
 from analysis.collapse import CheckSettings, run_checks
 from analysis.export import to_json
 from analysis.load import load_results
@@ -19,7 +20,8 @@ from analysis.protocol import PROTOCOL, thresholds
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 # name: (trials, history rows)
 SHIPPED = {"cpu": (176, 704), "cpu_adam": (40, 160), "v2": (336, 1334), "v3": (486, 3331),
-           "v3b": (63, 441), "v3c": (27, 756), "v3d": (27, 756), "v3e": (27, 756), "v3f": (27, 189)}
+           "v3b": (63, 441), "v3c": (27, 756), "v3d": (27, 756), "v3e": (27, 756), "v3f": (27, 189),
+           "regimes": (66, 16500)}
 # v3: 27 diverged trials stop at their diverged epoch
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "lof_p_adj",
          "slope_p_equiv", "slope_p_equiv_adj", "slope_p_out", "slope_p_out_adj", "l2_effect",
@@ -88,3 +90,26 @@ def test_v3d_fails_the_premise_not_the_prediction():
     assert {v["verdict"] for v in committed["verdicts"]} == {"NOT EQUILIBRATED"}
     row = committed["collapse"][0]
     assert row["n_ready"] == 9 and row["n_points"] <= 1 and row["s"] < 0.5 - 0.25
+
+
+def test_regimes_study_reproduces_committed_regimes_json(committed_and_fresh):
+    """Folders with the regimes design also ship regimes.json: the same runs, regimes,
+    boundaries and L2-arm rates from the committed Parquet files."""
+    _, _, results, _ = committed_and_fresh
+    path = Path(results.uri) / "regimes.json"
+    study = regimes.study(results.trials, results.history)
+    if not path.exists():
+        assert study.empty
+        return
+    committed = json.loads(path.read_text())
+    fresh = json.loads(json.dumps(regimes.to_dict(study)))
+    assert fresh["rule_version"] == committed["rule_version"] == regimes.RULE_VERSION
+    for table in ("runs", "boundaries_per_seed", "boundaries", "l2_arm"):
+        assert len(fresh[table]) == len(committed[table]), table
+        for new, old in zip(fresh[table], committed[table], strict=True):
+            assert new.keys() == old.keys()
+            for k, v in old.items():
+                if isinstance(v, float):
+                    assert new[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (table, k)
+                else:
+                    assert new[k] == v, (table, k)
