@@ -116,7 +116,8 @@ def boundary_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
 RUN_COLUMNS = ["trial_id", "seed", "lr", "regime", "train_loss_end", "train_error_end",
                "test_error", "eff_lr_low", "eff_lr", "eff_lr_high", "epochs_run"]
 L2_COLUMNS = ["trial_id", "seed", "lr", "l2", "product", "relaxations", "regime", *RUN_COLUMNS[4:7],
-              "eff_lr_low", "eff_lr", "eff_lr_high", "rate_regime"]
+              "eff_lr_low", "eff_lr", "eff_lr_high", "rate_regime", "projection_train_loss",
+              "projection_test_error"]
 
 
 @dataclass
@@ -181,6 +182,14 @@ def rate_regime(rate: float, summary: pd.DataFrame) -> str:
     return EQUILIBRIUM if first in b and second in b else ""
 
 
+def at_rate(rates: np.ndarray, curve: pd.Series) -> np.ndarray:
+    """The projection runs' seed-mean `curve` (indexed by lr) at each fixed rate, linear in
+    log lr between the two nearest lr; NaN outside the swept range."""
+    x = np.log(curve.index.to_numpy(float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.interp(np.log(rates), x, curve.to_numpy(float), left=np.nan, right=np.nan)
+
+
 def study(trials: pd.DataFrame, history: pd.DataFrame) -> Study:
     """The regimes study of the fully scale-invariant SGD runs in a results folder: projection
     runs are the fixed-rate sweep, update=l2 runs (l2 > 0) its L2 arm."""
@@ -205,6 +214,10 @@ def study(trials: pd.DataFrame, history: pd.DataFrame) -> Study:
         # relaxation time 1/(2*lr*l2) steps for SGD (docs/theory.md#relaxation-times)
         arm["relaxations"] = arm["trial_id"].map(steps).astype(float) * 2 * arm["product"]
         arm["rate_regime"] = [rate_regime(r, summary) for r in arm["eff_lr"]]
+        curve = proj.groupby("lr")[["train_loss_end", "test_error"]].mean()
+        for column, name in (("train_loss_end", "projection_train_loss"),
+                             ("test_error", "projection_test_error")):
+            arm[name] = at_rate(arm["eff_lr"].to_numpy(float), curve[column])
         arm = arm.sort_values(["product", "seed"]).reset_index(drop=True)[L2_COLUMNS]
     else:
         arm = pd.DataFrame(columns=L2_COLUMNS)

@@ -87,6 +87,20 @@ def test_l2_arm_rates_relaxations_and_their_regime(study):
     assert arm.loc["l2_0", "relaxations"] == pytest.approx(2.56)
 
 
+def test_the_projection_curve_at_the_l2_arms_rate_by_hand():
+    """Seed-mean projection curve at lr 0.1 and 1: (0.5 + 0.5 + plateau)/3 and plateau; a
+    rate halfway in log between them gets the mean of the two, one outside the range NaN."""
+    study = G.study(*build([(np.sqrt(0.1), np.sqrt(0.1), np.sqrt(0.1)), (1e3, 1e3, 1e3)]))
+    loss, _ = trajectory("converge")
+    plateau, _ = trajectory("plateau")
+    w = G.window(EPOCHS)
+    at_01 = (2 * loss[-w:].mean() + plateau[-w:].mean()) / 3
+    arm = study.l2_arm.set_index("trial_id")
+    assert arm.loc["l2_0", "projection_train_loss"] == pytest.approx((at_01 + plateau[-w:].mean()) / 2)
+    assert arm.loc["l2_0", "projection_test_error"] == pytest.approx(0.5)
+    assert np.isnan(arm.loc["l2_1", "projection_train_loss"])
+
+
 def test_rate_regime_needs_both_boundaries_for_the_middle(study):
     one = study.summary.iloc[:1]
     assert G.rate_regime(0.01, one) == G.CONVERGENCE
