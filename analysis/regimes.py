@@ -156,10 +156,10 @@ def _trajectory_row(h: pd.DataFrame) -> dict:
 def _runs(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """One row per trial of `trials`: its config, window means, regime and test outcome."""
     tests = last_evals(history, LAST).set_index("trial_id")["test_outcome"]
-    rows = []
+    rows, by_trial = [], dict(tuple(history.groupby("trial_id", sort=False)))
     for t in trials.itertuples():
-        h = history[history["trial_id"] == t.trial_id]
-        if h.empty:
+        h = by_trial.get(t.trial_id)
+        if h is None:
             continue
         rows.append({"trial_id": t.trial_id, "seed": int(t.seed), "lr": float(t.lr),
                      "l2": float(t.l2), "test_error": float(tests.get(t.trial_id, np.nan)),
