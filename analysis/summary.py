@@ -85,12 +85,51 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+OPTIMUM_COLUMNS = ["cell", "product", "design", "best point", "p* [95% CI]", "inside",
+                   "p* per lr [95% CI]", "lr minima overlap"]
+
+
+def optimum_rows(payload: dict) -> list[dict]:
+    """One dict per cell of collapse.json's `optimum` table (analysis/optimum.py)."""
+    out = []
+    for o in payload.get("optimum", []):
+        product = "lr*l2" if o["s_theory"] == 1 else f"lr^{1 / o['s_theory']:g}*l2"
+        per_lr = "; ".join(f"lr {lr:g}: {_interval(v, lo, hi)}" for lr, v, lo, hi in o["per_lr"])
+        out.append({"cell": _short(o["cell"]), "product": product,
+                    "design": f"{o['p_min']:.3g}..{o['p_max']:.3g}",
+                    "best point": f"{o['p_best_point']:.3g}"
+                                  + (" (interior)" if o["best_interior"] else " (an end)"),
+                    "p* [95% CI]": _interval(o["p_star"], o["p_star_low"], o["p_star_high"]),
+                    "inside": "yes" if o["inside"] else "no", "p* per lr [95% CI]": per_lr,
+                    "lr minima overlap": "yes" if o["lr_minima_overlap"] else "no"})
+    return out
+
+
+def _interval(value, low, high) -> str:
+    """'3.1e-05 [1.2e-05, 6e-05]', or 'fit has no minimum' (not convex: best at an end)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "fit has no minimum"
+    return f"{value:.2g} [{_num(low, '.2g') or '?'}, {_num(high, '.2g') or '?'}]"
+
+
+def optimum_markdown(payload: dict) -> str:
+    """The optimum table as Markdown."""
+    cols = OPTIMUM_COLUMNS
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r[col] for col in cols) + " |" for r in optimum_rows(payload)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the table; exit 2 with one line when the file is missing or not collapse.json."""
     parser = argparse.ArgumentParser(prog="python -m analysis.summary",
                                      description="The per-cell verdict table of a report.")
     parser.add_argument("results", help="a report's collapse.json, or the folder holding it")
-    path = Path(parser.parse_args(argv).results)
+    parser.add_argument("--optimum", action="store_true",
+                        help="the best effective learning rate per cell instead (its product "
+                             "p*, the bootstrap interval over seeds, each lr's own minimum)")
+    args = parser.parse_args(argv)
+    path = Path(args.results)
     path = path / "collapse.json" if path.is_dir() else path
     try:
         payload = json.loads(path.read_text())
@@ -100,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(payload, dict) or "verdicts" not in payload:
         print(f"error: {path}: expected a report's collapse.json (no 'verdicts')", file=sys.stderr)
         return 2
-    print(markdown(payload))
+    print(optimum_markdown(payload) if args.optimum else markdown(payload))
     return 0
 
 

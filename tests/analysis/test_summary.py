@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from analysis.summary import COLUMNS, main, markdown, rows
+from analysis.summary import COLUMNS, main, markdown, optimum_rows, rows
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 CPU = RESULTS / "cpu" / "collapse.json"
@@ -48,3 +48,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("collapse.json" in line for line in err)
+
+
+def _optimum(cell: str, p_star: float, **kw) -> dict:
+    """One record of collapse.json's optimum table (analysis/optimum.py's columns)."""
+    return {"cell": cell, "s_theory": kw.get("s", 1.0), "p_min": 1e-5, "p_max": 8e-5,
+            "p_best_point": 2e-5, "best_interior": True, "p_star": p_star,
+            "p_star_low": kw.get("low", 1.5e-5), "p_star_high": kw.get("high", 3e-5),
+            "inside": kw.get("inside", True), "per_lr": kw.get("per_lr", []),
+            "lr_minima_overlap": kw.get("overlap", True)}
+
+
+def test_optimum_table_by_hand(tmp_path, capsys):
+    payload = {"verdicts": [], "optimum": [
+        _optimum("sgd/batch/l2, l2_scope=normalized, scale_invariant=False", 2.2e-5,
+                 per_lr=[[0.05, 2e-5, 1e-5, 4e-5], [0.1, float("nan"), None, None]]),
+        _optimum("adam/batch/l2, l2_scope=normalized, scale_invariant=True", float("nan"),
+                 s=0.5, low=float("nan"), high=float("nan"), inside=False, overlap=False)]}
+    sgd, adam = optimum_rows(payload)
+    assert sgd["cell"] == "sgd/batch/l2 normalized" and sgd["product"] == "lr*l2"
+    assert sgd["p* [95% CI]"] == "2.2e-05 [1.5e-05, 3e-05]" and sgd["inside"] == "yes"
+    assert sgd["p* per lr [95% CI]"] == \
+        "lr 0.05: 2e-05 [1e-05, 4e-05]; lr 0.1: fit has no minimum"
+    assert sgd["best point"] == "2e-05 (interior)" and sgd["design"] == "1e-05..8e-05"
+    assert adam["product"] == "lr^2*l2" and adam["p* [95% CI]"] == "fit has no minimum"
+    assert (adam["inside"], adam["lr minima overlap"]) == ("no", "no")
+    path = tmp_path / "collapse.json"
+    path.write_text(json.dumps(payload).replace("NaN", "null"))
+    assert main([str(path), "--optimum"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| cell | product |") and len(out) == 2 + 2
