@@ -39,6 +39,8 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
                      "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
                      "ok": R.RELAX_FACTOR * forecast_steps(cfg) <= budget})
+    if not rows:  # a projection-only grid: no collapse cell to forecast
+        return pd.DataFrame()
     points = pd.DataFrame(rows)
     out = []
     for key, p in points.groupby(list(CELL), sort=True):

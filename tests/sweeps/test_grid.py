@@ -298,3 +298,25 @@ def test_v3_grid_is_on_iso_lines_decidable_and_out_of_the_dying_zone():
     assert len({lr for lr, _ in low}) >= 2 and len({l2 for _, l2 in low}) >= 2
     assert {t.eval_last for t in trials} == {3} and {t.seed for t in trials} == {0, 1, 2}
     assert plan_cells(trials)["decidable"].all()
+
+
+def test_v4b_grid_is_v4s_projection_arm_and_decides_at_v4s_noise():
+    """Issue 27's third cell: the projection arm of v4's network and budget, v4's lr axis, l2
+    spanning v4's whole l2 range, 2 seeds; analysis.plan has no collapse cell to forecast (it
+    used to raise on such a grid) and its power report decides the l2 effect inside the 0.02
+    margin at v4's assumed seed SD 0.006 in a family of this cell's 2 tests."""
+    from analysis import power
+    from analysis.plan import plan_cells
+
+    trials, v4 = configs("v4b"), configs("v4")
+    assert len(trials) == 18 and {t.update for t in trials} == {"projection"}
+    assert {t.lr for t in trials} == {t.lr for t in v4}
+    span = [(min(t.l2 for t in g), max(t.l2 for t in g)) for g in (trials, v4)]
+    assert span[0] == span[1]
+    same = ("data", "epochs", "eval_last", "batch_size", "width", "augment", "n_train", "optimizer",
+            "norm", "l2_scope")
+    assert {tuple(getattr(t, f) for f in same) for t in trials} == {tuple(getattr(v4[0], f) for f in same)}
+    assert {t.scale_invariant for t in trials} == {False}
+    assert plan_cells(trials).empty
+    [cell] = power.power_table(trials, 0.006, 0.02).to_dict("records")
+    assert cell["n_trials"] == 18 and cell["decides"] and cell["l2 effect min margin"] < 0.0125
