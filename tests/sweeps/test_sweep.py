@@ -561,6 +561,41 @@ def test_diverged_trials_are_finished_on_resume(tmp_path, synthetic_rows):
     assert after[second[1].trial_id]["error"] == "RuntimeError: CUDA error: out of memory"
 
 
+def test_a_sweeps_finished_files_copied_elsewhere_continue_it_there(tmp_path, synthetic_rows):
+    """docs/sweeps.md "Moving a sweep": the trials/ and history/ files of a finished group,
+    copied without sweep.json or checkpoints into another storage, make a new sweep there that
+    skips that group, reads its rows back unchanged and runs only the other group."""
+    pytest.importorskip("ray")
+    import shutil
+
+    from sweeps.resume import unfinished_groups
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GROUP_GRID.replace("lr: [0.02, 0.05]", "lr: [0.02, 0.05]\n  l2: [0, 1e-3]"))
+    configs = load_grid(str(grid)).configs()
+    old = ResultStore(str(tmp_path / "old"), "s")
+    opts = SweepOptions(name="s", storage=str(tmp_path / "old"), fuse=2)
+    assert check_same_grid(old, configs, opts) is None
+    first, second = groups(configs, 2)
+    for cfg in first:
+        _summary(old, synthetic_rows, cfg, "completed", 1.0)
+        old.write_history([{**r, **cfg.to_row(), "trial_id": cfg.trial_id} for r in synthetic_rows])
+    old.write_history([{**synthetic_rows[0], **second[0].to_row(), "trial_id": second[0].trial_id}])
+    new_root = tmp_path / "new" / "s"
+    for kind in ("trials", "history"):
+        (new_root / kind).mkdir(parents=True)
+        for cfg in first:
+            shutil.copy(Path(old.path(kind, cfg.trial_id)), new_root / kind)
+    new = ResultStore(str(tmp_path / "new"), "s")
+    assert check_same_grid(new, configs, SweepOptions(name="s", storage=str(tmp_path / "new"),
+                                                      fuse=2)) is None  # a new sweep.json
+    assert new.read_meta()["n_trials"] == len(configs)
+    assert unfinished_groups(new, configs, fuse=2) == [second]
+    for cfg in first:
+        assert comparable(new.read_trial(cfg.trial_id)) == comparable(old.read_trial(cfg.trial_id))
+        assert len(new.read_history(cfg.trial_id)) == len(synthetic_rows)
+
+
 def test_a_failed_group_keeps_the_rows_of_its_finished_members(tmp_path, synthetic_rows):
     """A group of three errors after all its retries: the member that completed and the one
     that diverged keep their rows as they were; only the unfinished one gets a failed row,
