@@ -4,7 +4,9 @@ the grid points that can equilibrate within their budget, before anything runs.
 A point counts when RELAX_FACTOR relaxation times (theory.relaxation_steps, the slowest
 conv layer; Adam's from the group size and an assumed unit gradient norm PLAN_GRAD) fit in
 its steps; a cell can be decided with MIN_POINTS such points over MIN_DISTINCT lr and l2
-values (analysis/checks/premise.py). The measured rule decides after the run; this is its forecast.
+values (analysis/checks/premise.py) and at least the dof + 2 its collapse spline needs, dof
+fixed by the whole design (analysis/checks/slope.py). The measured rule decides after the run;
+this is its forecast.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from l2bn.schema import CONV_LAYERS
 
 from . import protocol as P
 from .checks import premise as R
+from .checks.slope import design_dof
 
 CELL = ("optimizer", "norm", "l2_scope", "scale_invariant")  # one collapse cell per combination
 
@@ -29,16 +32,22 @@ def forecast_steps(cfg: TrialConfig) -> float:
         dict.fromkeys(CONV_LAYERS, R.PLAN_GRAD), cfg.momentum)
 
 
+def forecast_ready(cfg: TrialConfig) -> bool:
+    """Whether RELAX_FACTOR forecast relaxation times fit in the config's budget."""
+    budget = budget_steps(cfg.data, cfg.n_train, cfg.batch_size, cfg.epochs)
+    return bool(cfg.l2 > 0 and R.RELAX_FACTOR * forecast_steps(cfg) <= budget)
+
+
 def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
-    """One row per collapse cell: points that can equilibrate, distinct lr/l2, decidable."""
+    """One row per collapse cell: points that can equilibrate, distinct lr/l2, the spline's
+    dof (from every l2 > 0 design point, as the check fixes it) and whether it is decidable."""
     rows = []
     for cfg in configs:
         if cfg.update != "l2" or cfg.l2 <= 0 or cfg.seed != min(c.seed for c in configs):
             continue
-        budget = budget_steps(cfg.data, cfg.n_train, cfg.batch_size, cfg.epochs)
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
                      "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
-                     "ok": R.RELAX_FACTOR * forecast_steps(cfg) <= budget})
+                     "ok": forecast_ready(cfg)})
     if not rows:  # a projection-only grid: no collapse cell to forecast
         return pd.DataFrame()
     points = pd.DataFrame(rows)
@@ -46,9 +55,12 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
     for key, p in points.groupby(list(CELL), sort=True):
         ok = p[p["ok"]]
         n, n_lr, n_l2 = len(ok), ok["lr"].nunique(), ok["l2"].nunique()
+        dof = design_dof(np.log(p["lr"].to_numpy(float)), np.log(p["l2"].to_numpy(float)))
+        need = max(R.MIN_POINTS, dof + 2)
         out.append(dict(zip(CELL, key, strict=True))
-                   | {"n_grid": len(p), "n_points": n, "n_lr": n_lr, "n_l2": n_l2,
-                      "decidable": bool(n >= R.MIN_POINTS and min(n_lr, n_l2) >= R.MIN_DISTINCT)})
+                   | {"n_grid": len(p), "n_points": n, "n_lr": n_lr, "n_l2": n_l2, "dof": dof,
+                      "n_needed": need,
+                      "decidable": bool(n >= need and min(n_lr, n_l2) >= R.MIN_DISTINCT)})
     return pd.DataFrame(out)
 
 

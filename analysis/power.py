@@ -2,11 +2,12 @@
 
 Given the seed noise (one trial's outcome SD, from a pilot or a shipped folder) and, for the
 collapse slope, how fast the outcome changes across the theory's diagonals, each cell's
-linear model on its design (every grid point x its seeds) gives the standard error of the
-effect a check judges. A margin can be shown with power 1 - BETA when a true effect of zero
-(s at the theory's value) is that many standard errors from it: (t(1 - alpha/m) + t(1 - BETA/2))
-x se, with m the family size (Holm's first step, the worst case). The checks' own margins are
-in analysis/checks/ (S_MARGIN, EQUIV_MARGIN).
+linear model on its design (every grid point x its seeds; for the collapse and iso-line tests
+only the points forecast to equilibrate, analysis/plan.py, since the premise drops the rest)
+gives the standard error of the effect a check judges. A margin can be shown with power
+1 - BETA when a true effect of zero (s at the theory's value) is that many standard errors
+from it: (t(1 - alpha/m) + t(1 - BETA/2)) x se, with m the family size (Holm's first step,
+the worst case). The checks' own margins are in analysis/checks/ (S_MARGIN, EQUIV_MARGIN).
 """
 from __future__ import annotations
 
@@ -45,8 +46,11 @@ def cell_power(p: pd.DataFrame, sigma: float, gain: float, family: int) -> dict:
         x = np.log2(l2[ok])
         se, df = ols_se(np.column_stack([_dummies(lr[ok]), x]), sigma, -1)
         return row | _margin("l2 effect", se * (x.max() - x.min()), df, alpha)
-    ok = l2 > 0
+    ok = (l2 > 0) & p["ready"].to_numpy(bool)  # the points the premise is forecast to keep
     lr, l2 = lr[ok], l2[ok]
+    row["n_ready"] = len(set(zip(lr, l2, strict=True)))
+    if not ok.any():
+        return row | _margin("iso along", np.inf, 0, alpha) | _margin("slope", np.inf, 0, alpha)
     diag = isolines.diagonal_ids(lr, l2, s_theory)
     x = np.log2(lr)
     span = float(pd.Series(x).groupby(diag).agg(lambda v: v.max() - v.min()).mean())
@@ -79,16 +83,23 @@ def family_size(configs: list[TrialConfig]) -> int:
 
 def power_table(configs: list[TrialConfig], sigma: float, gain: float) -> pd.DataFrame:
     """Per cell: the smallest margins its design decides, and whether the protocol's do."""
+    from .plan import CELL as PLAN_CELL
+    from .plan import forecast_ready, plan_cells
+
     family = family_size(configs)
-    frame = pd.DataFrame([{k: getattr(c, k) for k in (*CELL, "lr", "l2", "seed")} for c in configs])
+    planned = plan_cells(configs)
+    planned = planned.set_index(list(PLAN_CELL)) if len(planned) else planned
+    frame = pd.DataFrame([{k: getattr(c, k) for k in (*CELL, "lr", "l2", "seed")}
+                          | {"ready": forecast_ready(c)} for c in configs])
     rows = []
     for key, p in frame.groupby(list(CELL), sort=True):
         r = dict(zip(CELL, key, strict=True)) | cell_power(p, sigma, gain, family)
         if key[2] == "projection":
             r["decides"] = r["l2 effect min margin"] <= isolines.EQUIV_MARGIN
-        else:
+        else:  # and enough ready points for the collapse spline (analysis.plan)
             r["decides"] = (r.get("iso along min margin", np.inf) <= isolines.EQUIV_MARGIN
-                            and r["slope min margin"] <= slope.S_MARGIN)
+                            and r["slope min margin"] <= slope.S_MARGIN
+                            and bool(planned.loc[(key[0], key[1], key[3], key[4]), "decidable"]))
         rows.append(r)
     return pd.DataFrame(rows)
 

@@ -22,9 +22,32 @@ def test_projection_margin_by_hand():
     assert row["decides"] == (k * se <= 0.02)
 
 
+# synthetic data: 4 steps per epoch, so 4,000 epochs hold 3 relaxation times 1/(2*lr*l2)
+# of every product >= 1e-4 (15,000 steps at 1e-4)
+LONG = 4000
+
+
 def test_more_seeds_shrink_the_slope_margin_as_one_over_sqrt_n():
     def margin(seeds):
-        cfgs = [TrialConfig(lr=lr, l2=p / lr, seed=s, data="synthetic")
+        cfgs = [TrialConfig(lr=lr, l2=p / lr, seed=s, data="synthetic", epochs=LONG)
                 for p in (1e-4, 2e-4, 4e-4) for lr in (0.025, 0.05, 0.1) for s in range(seeds)]
         return power.power_table(cfgs, sigma=0.01, gain=0.03).iloc[0]["slope se"]
     assert margin(12) == pytest.approx(margin(3) / 2)
+
+
+def test_collapse_power_counts_only_the_points_forecast_to_equilibrate():
+    """A relaxation takes 1/(2*lr*l2) steps: 5,000 at 1e-4. With 3,750 epochs (15,000 steps)
+    only products >= 1e-4 hold 3 of them, so the 5-diagonal design has the iso-line standard
+    error of its 3 upper diagonals alone, and the plan's dof 5 (15 design points // 3) needs 7
+    ready points: 9 are, so it is decidable; at 1,875 epochs (7,500 steps) only the top two
+    diagonals (6 points) are ready and it is not."""
+    def design(products, epochs):
+        return [TrialConfig(lr=lr, l2=p / lr, seed=s, data="synthetic", epochs=epochs)
+                for p in products for lr in (0.025, 0.05, 0.1) for s in range(3)]
+    full = power.power_table(design((2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4), 3750), 0.01, 1.0).iloc[0]
+    upper = power.power_table(design((1e-4, 2e-4, 4e-4), LONG), 0.01, 1.0).iloc[0]
+    assert (full["n_points"], full["n_ready"], upper["n_ready"]) == (15, 9, 9)
+    assert full["iso along se"] == pytest.approx(upper["iso along se"])
+    assert full["decides"]
+    short = power.power_table(design((2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4), 1875), 0.01, 1.0).iloc[0]
+    assert short["n_ready"] == 6 and not short["decides"]
