@@ -3,13 +3,18 @@
 Every point sits on a diagonal of the theory's invariant product p = lr^(1/s)*l2 (s from
 l2bn.theory.iso_slope: lr*l2 for sgd, momentum, adamw; lr^2*l2 for adam). A quadratic in
 log(p) fitted to the point means (all lr pooled; a diverged seed counts at chance) has its
-vertex at the optimum p* (a vertex beyond the design, or its replicates', is put at the
-design's end: the optimum lies at or beyond it). Its interval is a bootstrap over seeds:
-each point's seeds redrawn with replacement, N_BOOT replicates, a fixed RNG seed; the Monte
-Carlo error of each end is the half-width of the order statistics one binomial SD either side
-(in ln p). Per lr the same fit on
-that lr's points asks the paper's question: do the minima of the lr curves sit on one
-iso-line (their intervals overlap)? Descriptive: no verdict, no p-value in the family.
+minimum over the design's range of p at the optimum p*: its vertex when the fit is convex
+with the vertex inside the range, else the lower of the range's two ends (a vertex beyond
+the design, or a concave or straight fit: the optimum lies at or beyond that end). Its
+interval is a bootstrap over seeds: each point's seeds redrawn with replacement after their
+deviations from the point's mean are scaled by sqrt(n/(n-1)), so a replicate mean has the
+unbiased variance s^2/n instead of (n-1)/n of it (with 3 seeds the plain bootstrap's 95%
+interval covered a known optimum in 81% of synthetic v4-like sweeps, this one in 89%; still
+optimistic), N_BOOT replicates, a fixed RNG seed; the Monte Carlo error of each end is the
+half-width of the order statistics one binomial SD either side (in ln p). Per lr the same
+fit on that lr's points asks the paper's question: do the minima of the lr curves sit on one
+iso-line (their intervals overlap)? Not asked (None) when every lr's interval reaches the
+same design end, where they overlap whatever the curves do. Descriptive: no verdict, no p-value in the family.
 """
 from __future__ import annotations
 
@@ -28,16 +33,20 @@ CI_LEVEL = 0.95
 SEED = 0
 
 
-def vertex(log_p: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Vertex of the least-squares quadratic in log_p for every row of Y (B, n); NaN where
-    the fit is not convex (no minimum) or fewer than 3 distinct products."""
+def fitted_minimum(log_p: np.ndarray, Y: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Where in [lo, hi] the least-squares quadratic in log_p is lowest, for every row of Y
+    (B, n): the vertex of a convex fit inside the range, else the lower end; NaN with fewer
+    than 3 distinct products."""
     if len(np.unique(log_p)) < 3:
         return np.full(len(Y), np.nan)
-    X = np.column_stack([np.ones_like(log_p), log_p, log_p**2])
-    coef = np.linalg.lstsq(X, Y.T, rcond=None)[0]  # (3, B)
+    c = log_p.mean()  # centred: a well-conditioned fit
+    x = log_p - c
+    a, b, q = np.linalg.lstsq(np.column_stack([np.ones_like(x), x, x**2]), Y.T, rcond=None)[0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = -coef[1] / (2 * coef[2])
-    return np.where(coef[2] > 0, v, np.nan)
+        v = np.where(q > 0, np.clip(-b / (2 * q), lo - c, hi - c), lo - c)
+    candidates = np.stack([np.full_like(v, lo - c), np.full_like(v, hi - c), v])  # (3, B)
+    best = np.argmin(a + b * candidates + q * candidates**2, axis=0)
+    return candidates[best, np.arange(len(v))] + c
 
 
 def seed_outcomes(points: pd.DataFrame) -> list[np.ndarray]:
@@ -46,9 +55,16 @@ def seed_outcomes(points: pd.DataFrame) -> list[np.ndarray]:
             for e, d in zip(points["errors"], points["n_diverged"], strict=True)]
 
 
+def rescaled(seeds: np.ndarray) -> np.ndarray:
+    """A point's seed outcomes with their deviations from the mean scaled by sqrt(n/(n-1))."""
+    n = len(seeds)
+    return seeds if n < 2 else seeds.mean() + (seeds - seeds.mean()) * np.sqrt(n / (n - 1))
+
+
 def bootstrap_means(seeds: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """(N_BOOT, n) point means with each point's seeds redrawn with replacement."""
-    return np.stack([s[rng.integers(0, len(s), (N_BOOT, len(s)))].mean(1) for s in seeds], axis=1)
+    """(N_BOOT, n) point means with each point's rescaled seeds redrawn with replacement."""
+    return np.stack([rescaled(s)[rng.integers(0, len(s), (N_BOOT, len(s)))].mean(1) for s in seeds],
+                    axis=1)
 
 
 def interval(boot: np.ndarray) -> tuple[float, float, float, float]:
@@ -72,8 +88,8 @@ def cell_optimum(p: pd.DataFrame, rng: np.random.Generator) -> dict:
     seeds = seed_outcomes(p)
     means = np.array([x.mean() for x in seeds])
     boot = bootstrap_means(seeds, rng)
-    lo_p, hi_p = log_p.min(), log_p.max()  # a vertex beyond the design sits at its end
-    v_hat, v_boot = (np.clip(vertex(log_p, y), lo_p, hi_p) for y in (means[None], boot))
+    lo_p, hi_p = log_p.min(), log_p.max()  # an optimum beyond the design sits at its end
+    v_hat, v_boot = (fitted_minimum(log_p, y, lo_p, hi_p) for y in (means[None], boot))
     v_hat = v_hat[0]
     low, high, mc_low, mc_high = interval(v_boot)
     by_product = pd.Series(means).groupby(np.round(log_p, 9)).mean()
@@ -87,15 +103,25 @@ def cell_optimum(p: pd.DataFrame, rng: np.random.Generator) -> dict:
     per_lr = {}
     for lr in np.unique(p["lr"]):
         k = p["lr"].to_numpy() == lr
-        lo, hi, *_ = interval(np.clip(vertex(log_p[k], boot[:, k]), lo_p, hi_p))
-        per_lr[float(lr)] = (float(np.exp(np.clip(vertex(log_p[k], means[k][None])[0], lo_p, hi_p))),
+        lo, hi, *_ = interval(fitted_minimum(log_p[k], boot[:, k], lo_p, hi_p))
+        per_lr[float(lr)] = (float(np.exp(fitted_minimum(log_p[k], means[k][None], lo_p, hi_p)[0])),
                              float(np.exp(lo)), float(np.exp(hi)))
-    lows = [v[1] for v in per_lr.values() if np.isfinite(v[1])]
-    highs = [v[2] for v in per_lr.values() if np.isfinite(v[2])]
     row["per_lr"] = [[lr, *v] for lr, v in per_lr.items()]
-    row["lr_minima_overlap"] = bool(len(lows) >= 2 and len(lows) == len(per_lr)
-                                    and max(lows) <= min(highs))
+    row["lr_minima_overlap"] = minima_overlap(list(per_lr.values()), np.exp(lo_p), np.exp(hi_p))
     return row
+
+
+def minima_overlap(per_lr: list[tuple[float, float, float]], p_lo: float, p_hi: float) -> bool | None:
+    """Whether the lr curves' minimum intervals share a product; None when there are fewer
+    than 2, an interval is missing, or every interval reaches the same design end (they
+    would share that end whatever the lr curves do)."""
+    lows, highs = [lo for _, lo, _ in per_lr], [hi for _, _, hi in per_lr]
+    if len(per_lr) < 2 or not np.all(np.isfinite(lows + highs)):
+        return None
+    tol = 1e-9 * p_hi
+    if max(lows) <= p_lo + tol or min(highs) >= p_hi - tol:
+        return None
+    return bool(max(lows) <= min(highs))
 
 
 def optimum_table(points: pd.DataFrame) -> pd.DataFrame:

@@ -199,12 +199,15 @@ def build_document(results: Results, checks: Checks, verdicts: pd.DataFrame,
                Heading("Collapse of the train loss (mean of the last evaluations)"),
                Table(_cols(checks.collapse_train, COLLAPSE_COLUMNS), "collapse_train"),
                Heading("The best effective learning rate (descriptive, no verdict)"),
-               Text("Per iso-line cell: p_star, the minimum of a quadratic in log(product) "
-                    "fitted to the point means (diverged seeds at chance), its 95% bootstrap "
-                    "interval over seeds (mc_err_ln_*: Monte Carlo error of each end in ln p), "
-                    "inside: the interval lies within the design; best_interior: the best "
-                    "product is not an end one; lr_minima_overlap: every lr's own minimum "
-                    "interval shares a point (analysis/optimum.py)."),
+               Text("Per iso-line cell: p_star, where a quadratic in log(product) fitted to "
+                    "the point means (diverged seeds at chance) is lowest within the design "
+                    "(an end when its vertex lies beyond it or the fit has none), its 95% "
+                    "bootstrap interval over seeds (deviations rescaled by sqrt(n/(n-1)); "
+                    "mc_err_ln_*: Monte Carlo error of each end in ln p), inside: the interval "
+                    "lies within the design; best_interior: the best product is not an end "
+                    "one; lr_minima_overlap: every lr's own minimum interval shares a point "
+                    "(empty when every lr's interval reaches the same design end; "
+                    "analysis/optimum.py)."),
                Table(checks.optimum.drop(columns=["per_lr"], errors="ignore"), "optimum"),
                Heading("Per cell: best test error and dead channels (descriptive, no verdict)"),
                Text("best_error: the lowest mean test error over the cell's points (at best_lr,"

@@ -101,14 +101,15 @@ def optimum_rows(payload: dict) -> list[dict]:
                                   + (" (interior)" if o["best_interior"] else " (an end)"),
                     "p* [95% CI]": _interval(o["p_star"], o["p_star_low"], o["p_star_high"]),
                     "inside": "yes" if o["inside"] else "no", "p* per lr [95% CI]": per_lr,
-                    "lr minima overlap": "yes" if o["lr_minima_overlap"] else "no"})
+                    "lr minima overlap": {True: "yes", False: "no"}.get(
+                        o["lr_minima_overlap"], "n/a (all at one end)")})
     return out
 
 
 def _interval(value, low, high) -> str:
-    """'3.1e-05 [1.2e-05, 6e-05]', or 'fit has no minimum' (not convex: best at an end)."""
+    """'3.1e-05 [1.2e-05, 6e-05]', or 'n/a' (fewer than 3 products on the curve)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "fit has no minimum"
+        return "n/a"
     return f"{value:.2g} [{_num(low, '.2g') or '?'}, {_num(high, '.2g') or '?'}]"
 
 

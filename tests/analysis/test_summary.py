@@ -69,10 +69,12 @@ def test_optimum_table_by_hand(tmp_path, capsys):
     assert sgd["cell"] == "sgd/batch/l2 normalized" and sgd["product"] == "lr*l2"
     assert sgd["p* [95% CI]"] == "2.2e-05 [1.5e-05, 3e-05]" and sgd["inside"] == "yes"
     assert sgd["p* per lr [95% CI]"] == \
-        "lr 0.05: 2e-05 [1e-05, 4e-05]; lr 0.1: fit has no minimum"
+        "lr 0.05: 2e-05 [1e-05, 4e-05]; lr 0.1: n/a"
     assert sgd["best point"] == "2e-05 (interior)" and sgd["design"] == "1e-05..8e-05"
-    assert adam["product"] == "lr^2*l2" and adam["p* [95% CI]"] == "fit has no minimum"
+    assert adam["product"] == "lr^2*l2" and adam["p* [95% CI]"] == "n/a"
     assert (adam["inside"], adam["lr minima overlap"]) == ("no", "no")
+    [ends] = optimum_rows({"optimum": [_optimum("sgd/batch/l2", 1e-5, overlap=None)]})
+    assert ends["lr minima overlap"] == "n/a (all at one end)"
     path = tmp_path / "collapse.json"
     path.write_text(json.dumps(payload).replace("NaN", "null"))
     assert main([str(path), "--optimum"]) == 0
