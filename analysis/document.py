@@ -70,6 +70,9 @@ def to_markdown(title: str, blocks: list[Block]) -> str:
             out += [f"- {item}" for item in b.items] + [""]
         elif isinstance(b, Table):
             cols = list(b.frame.columns)
+            if not cols:  # a check with no cell in this folder: no header-only table
+                out += ["_none_", ""]
+                continue
             out.append("| " + " | ".join(cols) + " |")
             out.append("|" + "---|" * len(cols))
             for row in b.frame.itertuples(index=False):

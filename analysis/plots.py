@@ -129,7 +129,8 @@ def draw_heatmap(ax, p: pd.DataFrame, l2axis: L2Axis, vmin: float, vmax: float,
             ax.plot(xs[i], ys[j], ".", color="white", ms=4)
         if len(p) <= ANNOTATE_MAX and not r.n_diverged:
             bright = (r.error_mean - vmin) / (vmax - vmin) > 0.6  # viridis is light up there
-            ax.text(xs[i], ys[j] + 0.28 * (ye[j + 1] - ye[j]), f"{100 * r.error_mean:.0f}",
+            digits = 1 if vmax - vmin < 0.1 else 0  # a narrow range: tenths of a percent
+            ax.text(xs[i], ys[j] + 0.28 * (ye[j + 1] - ye[j]), f"{100 * r.error_mean:.{digits}f}",
                     ha="center", va="center", fontsize=5.5, color="black" if bright else "white")
     opt, update = p["optimizer"].iloc[0], p["update"].iloc[0]
     _iso_lines(ax, xs, ys[l2s > 0], 0.0 if update == "projection" else theory.iso_slope(opt))
@@ -367,7 +368,10 @@ def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | N
             l2axis.ticks(ax, "x", c["l2"].to_numpy())
             ax.set_xlabel("l2")
             ax.set_ylabel("test error")
-        row[0].legend(fontsize=5, ncols=2)
+        for ax in row:  # on a panel with lines: a folder may have one of the two updates only
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=5, ncols=2)
+                break
     _suptitle(fig, "Test error against l2 at each lr (mean and sd over the seeds that did "
               "not diverge): the projection update should be flat in l2 until the large-l2 "
               "regime (shaded); red x at the top: a seed diverged")

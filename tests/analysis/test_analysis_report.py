@@ -335,3 +335,27 @@ def test_a_regimes_folder_gets_figure_9_regimes_json_and_its_section(tmp_path, f
         (s, lr) for s in (0, 1) for lr in (0.01, 0.1, 1.0, 10.0))
     assert "three regimes" in (out / "report.md").read_text()
     assert not (full_report / "regimes.json").exists() and not (full_report / "fig9_regimes.png").exists()
+
+
+def test_a_projection_only_folder_reports_its_one_check(tmp_path):
+    """A folder like results/v4b (update=projection only, 3 lr x 3 l2 x 2 seeds, error flat in
+    l2): one projection verdict, a family of its 2 p-values, the checks with no cell as
+    "_none_" rather than header-only Markdown tables, and figure 3's legend on the
+    projection panel."""
+    sweep = SyntheticSweep(lambda o, n, u, lr, l2: 0.25 + 0.02 * math.log2(lr / 0.05),
+                           updates=("projection",), lrs=(0.025, 0.05, 0.1),
+                           l2s=(6.25e-5, 5e-4, 4e-3), seeds=(0, 1), noise=0.002)
+    write_sweep(tmp_path / "r", sweep)
+    assert main(["--results", str(tmp_path / "r")]) == 0
+    out = tmp_path / "r" / "report"
+    payload = json.loads((out / "collapse.json").read_text())
+    assert [(v["check"], v["verdict"]) for v in payload["verdicts"]] == [("projection", "PASS")]
+    assert len(payload["family"]) == 2
+    md = (out / "report.md").read_text()
+    assert "_none_" in md and not {"|  |", "|"} & set(md.splitlines())
+    from analysis import plots
+    from analysis.collapse import run_checks
+    from analysis.load import load_results
+    checks = run_checks(load_results(str(tmp_path / "r")), sensitivity=False)
+    left, right = plots.l2_sensitivity(checks.points, checks.projection).axes
+    assert left.get_legend() is None and right.get_legend() is not None
