@@ -25,20 +25,38 @@ from .checks.slope import design_dof
 CELL = ("optimizer", "norm", "l2_scope", "scale_invariant")  # one collapse cell per combination
 
 
-def forecast_steps(cfg: TrialConfig) -> float:
-    """The slowest conv layer's relaxation time in steps for one config."""
+Grad = dict[str, float] | None  # conv layer -> gradient norm at unit weight norm (Adam's forecast)
+
+
+def forecast_steps(cfg: TrialConfig, grad: Grad = None) -> float:
+    """The slowest conv layer's relaxation time in steps for one config; Adam's with the
+    gradient norms `grad` (default: PLAN_GRAD for every layer)."""
     return theory.slowest_relaxation_steps(
         cfg.optimizer, cfg.lr, cfg.l2, cfg.width, cfg.norm,
-        dict.fromkeys(CONV_LAYERS, R.PLAN_GRAD), cfg.momentum)
+        grad or dict.fromkeys(CONV_LAYERS, R.PLAN_GRAD), cfg.momentum)
 
 
-def forecast_ready(cfg: TrialConfig) -> bool:
+def forecast_ready(cfg: TrialConfig, grad: Grad = None) -> bool:
     """Whether RELAX_FACTOR forecast relaxation times fit in the config's budget."""
     budget = budget_steps(cfg.data, cfg.n_train, cfg.batch_size, cfg.epochs)
-    return bool(cfg.l2 > 0 and R.RELAX_FACTOR * forecast_steps(cfg) <= budget)
+    return bool(cfg.l2 > 0 and R.RELAX_FACTOR * forecast_steps(cfg, grad) <= budget)
 
 
-def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
+def measured_grad(uri: str) -> dict[str, float]:
+    """Per conv layer, the median over a results folder's update=l2 trials (its Adam ones when
+    it has any) of the last epoch's gradient norm at unit weight norm (e.g. a pilot's, for
+    Adam's forecast)."""
+    from .load import load_results
+
+    history = load_results(uri).history
+    if (history["optimizer"] == "adam").any():  # the optimizer the forecast needs them for
+        history = history[history["optimizer"] == "adam"]
+    last = history[(history["update"] == "l2")
+                   & (history["epoch"] == history.groupby("trial_id")["epoch"].transform("max"))]
+    return {layer: float(last[f"{layer}_grad_norm_unit"].median()) for layer in CONV_LAYERS}
+
+
+def plan_cells(configs: list[TrialConfig], grad: Grad = None) -> pd.DataFrame:
     """One row per collapse cell: points that can equilibrate, distinct lr/l2, the spline's
     dof (from every l2 > 0 design point, as the check fixes it) and whether it is decidable."""
     rows = []
@@ -47,7 +65,7 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
             continue
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
                      "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
-                     "ok": forecast_ready(cfg)})
+                     "ok": forecast_ready(cfg, grad)})
     if not rows:  # a projection-only grid: no collapse cell to forecast
         return pd.DataFrame()
     points = pd.DataFrame(rows)
@@ -64,14 +82,16 @@ def plan_cells(configs: list[TrialConfig]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def describe(configs: list[TrialConfig]) -> str:
+def describe(configs: list[TrialConfig], grad: Grad = None) -> str:
     """The plan as text (`python -m analysis.plan GRID`)."""
-    table = plan_cells(configs)
+    table = plan_cells(configs, grad)
     if table.empty:
         return "collapse forecast: no update=l2 cell with l2 > 0"
     bad = table[~table["decidable"]]
+    grads = "Adam's gradient norms " + (", ".join(f"{k} {v:.3g}" for k, v in grad.items())
+                                        if grad else f"{R.PLAN_GRAD:g} (assumed)")
     head = (f"collapse forecast (protocol {P.PROTOCOL}): points that can equilibrate "
-            f"({R.RELAX_FACTOR:g} relaxation times within the budget) per cell; "
+            f"({R.RELAX_FACTOR:g} relaxation times within the budget; {grads}) per cell; "
             f"{len(table) - len(bad)} of {len(table)} cells decidable")
     return head + "\n" + table.to_string(index=False) + (
         "" if bad.empty else "\nundecidable: " + ", ".join(
@@ -97,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                         "folder to measure it from: adds the power report")
     parser.add_argument("--gain", type=float, help="test-error change per doubling of lr at "
                         "fixed l2, for the slope's power (default: measured in --noise's folder)")
+    parser.add_argument("--grad", metavar="RESULTS", help="a results folder (e.g. a pilot) whose "
+                        "measured per-layer gradient norms replace the assumed 1 in Adam's "
+                        "relaxation forecast")
     args = parser.parse_args(argv)
     try:
         configs = load_grid(args.grid).configs()
-        print(describe(configs))
+        grad = measured_grad(args.grad) if args.grad else None
+        print(describe(configs, grad))
         if args.noise is None:
             return 0
         try:
@@ -110,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         gain = args.gain if args.gain is not None else gain
         if not np.isfinite(gain):
             parser.error("--gain is needed when --noise is a number")
-        table = power.power_table(configs, sigma, gain)
+        table = power.power_table(configs, sigma, gain, grad)
         print(f"\npower (protocol {P.PROTOCOL}; seed SD {sigma:.4g}, gain {gain:.4g} per doubling "
               f"of lr, family of {power.family_size(configs)} tests, power {1 - power.BETA:g}): "
               f"the smallest margin each cell decides, against the protocol's (slope "

@@ -81,16 +81,17 @@ def family_size(configs: list[TrialConfig]) -> int:
     return sum(per[cell[2]] for cell in cells)
 
 
-def power_table(configs: list[TrialConfig], sigma: float, gain: float) -> pd.DataFrame:
+def power_table(configs: list[TrialConfig], sigma: float, gain: float,
+                grad: dict[str, float] | None = None) -> pd.DataFrame:
     """Per cell: the smallest margins its design decides, and whether the protocol's do."""
     from .plan import CELL as PLAN_CELL
     from .plan import forecast_ready, plan_cells
 
     family = family_size(configs)
-    planned = plan_cells(configs)
+    planned = plan_cells(configs, grad)
     planned = planned.set_index(list(PLAN_CELL)) if len(planned) else planned
     frame = pd.DataFrame([{k: getattr(c, k) for k in (*CELL, "lr", "l2", "seed")}
-                          | {"ready": forecast_ready(c)} for c in configs])
+                          | {"ready": forecast_ready(c, grad)} for c in configs])
     rows = []
     for key, p in frame.groupby(list(CELL), sort=True):
         r = dict(zip(CELL, key, strict=True)) | cell_power(p, sigma, gain, family)

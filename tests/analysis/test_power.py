@@ -52,3 +52,24 @@ def test_collapse_power_counts_only_the_points_forecast_to_equilibrate():
     short = power.power_table(design((2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4), 1875), 0.001, 1.0).iloc[0]
     assert short["n_ready"] == 6 and not short["decides"]  # margins in reach, points not
     assert short["iso along min margin"] < 0.02 and short["slope min margin"] < 0.25
+
+
+def test_measured_gradient_norms_replace_adams_assumed_one(tmp_path):
+    """--grad: the median of the last epoch's per-layer gradient norms of a folder's Adam
+    update=l2 trials, by hand; Adam's relaxation time grows as g^(2/3), so a point that the
+    assumed g = 1 leaves short of 3 relaxation times is ready at the measured, smaller g."""
+    from analysis.load import load_results
+    from analysis.plan import forecast_ready, measured_grad
+    from analysis.synthetic import SyntheticSweep, write_sweep
+
+    write_sweep(tmp_path, SyntheticSweep(lambda *a: 0.3, optimizers=("adam", "sgd"),
+                                         lrs=(1e-3, 2e-3), l2s=(1e-3,), seeds=(0, 1)))
+    h = load_results(str(tmp_path)).history
+    last = h[(h["optimizer"] == "adam") & (h["epoch"] == h["epoch"].max())]
+    grad = measured_grad(str(tmp_path))
+    assert grad == {k: pytest.approx(last[f"{k}_grad_norm_unit"].median())
+                    for k in ("conv1", "conv2", "conv3")}
+    cfg = TrialConfig(optimizer="adam", lr=4e-3, l2=1e-3, width=16, data="cifar10", epochs=2,
+                      batch_size=32)
+    small = dict.fromkeys(grad, 0.01)
+    assert not forecast_ready(cfg) and forecast_ready(cfg, small)
