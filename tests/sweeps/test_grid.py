@@ -320,3 +320,25 @@ def test_v4b_grid_is_v4s_projection_arm_and_decides_at_v4s_noise():
     assert plan_cells(trials).empty
     [cell] = power.power_table(trials, 0.006, 0.02).to_dict("records")
     assert cell["n_trials"] == 18 and cell["decides"] and cell["l2 effect min margin"] < 0.0125
+
+
+def test_v4c_grid_spans_64x_of_adams_product_and_decides_at_its_pilots_gradients():
+    """Issue 27's fourth cell: adam + batch norm `normalized` at v4's shape, 4 diagonals of
+    lr^2*l2 4x apart (1e-9..6.4e-8) x 3 lr x 3 seeds; with the pilot's measured gradient
+    norms (results/v4c/pilot) the two largest products are forecast ready, which its spline
+    (dof 4) needs, and the power report decides both margins."""
+    from analysis import power
+    from analysis.plan import measured_grad, plan_cells
+
+    trials, v4 = configs("v4c"), configs("v4")
+    assert len(trials) == 36
+    assert {(t.optimizer, t.norm, t.update) for t in trials} == {("adam", "batch", "l2")}
+    products = sorted({round(t.lr ** 2 * t.l2, 20) for t in trials})
+    assert products == pytest.approx([1e-9, 4e-9, 1.6e-8, 6.4e-8])
+    same = ("data", "epochs", "eval_last", "batch_size", "width", "augment", "n_train", "l2_scope")
+    assert {tuple(getattr(t, f) for f in same) for t in trials} == {tuple(getattr(v4[0], f) for f in same)}
+    grad = measured_grad(str(REPO / "results" / "v4c" / "pilot"))
+    [cell] = plan_cells(trials, grad).to_dict("records")
+    assert (cell["n_points"], cell["dof"], cell["decidable"]) == (6, 4, True)
+    [row] = power.power_table(trials, 0.006, 0.03, grad).to_dict("records")
+    assert row["decides"] and row["n_ready"] == 6
