@@ -59,9 +59,9 @@ def measured_grad(uri: str) -> dict[str, float]:
 def plan_cells(configs: list[TrialConfig], grad: Grad = None) -> pd.DataFrame:
     """One row per collapse cell: points that can equilibrate, distinct lr/l2, the spline's
     dof (from every l2 > 0 design point, as the check fixes it) and whether it is decidable."""
-    rows = []
+    rows, first_seed = [], min(c.seed for c in configs)
     for cfg in configs:
-        if cfg.update != "l2" or cfg.l2 <= 0 or cfg.seed != min(c.seed for c in configs):
+        if cfg.update != "l2" or cfg.l2 <= 0 or cfg.seed != first_seed:
             continue
         rows.append({"optimizer": cfg.optimizer, "norm": cfg.norm, "l2_scope": cfg.l2_scope,
                      "scale_invariant": cfg.scale_invariant, "lr": cfg.lr, "l2": cfg.l2,
