@@ -4,7 +4,8 @@
 
 writes DIR/trials/<name>.parquet and DIR/history/<name>.parquet (what `results/` ships in git:
 two small files instead of hundreds). `python -m analysis.report --results DIR` reads the
-compacted copy exactly like the original.
+compacted copy exactly like the original. Compacted files are meant to be shared, so the
+column holding a path of the machine that ran the sweep (`data_dir`) is left empty.
 """
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ from l2bn.schema import HISTORY, TRIALS
 from .load import list_parquet, open_results, read_tables
 
 KINDS = (TRIALS, HISTORY)
+# Where the data lay on the machine that ran a trial: meaningless elsewhere, and private.
+MACHINE_COLUMNS = ("data_dir",)
+
+
+def without_machine_paths(table: pa.Table) -> pa.Table:
+    """`table` with every MACHINE_COLUMNS column set to null (same type, same position)."""
+    for name in MACHINE_COLUMNS:
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            table = table.set_column(i, table.field(i), pa.nulls(len(table), table.field(i).type))
+    return table
 
 
 def compact(results: str, out: Path, name: str) -> dict[str, int]:
@@ -36,8 +48,8 @@ def compact(results: str, out: Path, name: str) -> dict[str, int]:
         if target.exists():
             raise SystemExit(f"error: {target} exists; not overwriting it")
         target.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), target,
-                       compression="zstd")
+        table = without_machine_paths(pa.Table.from_pandas(frame, preserve_index=False))
+        pq.write_table(table, target, compression="zstd")
         counts[kind] = len(frame)
     return counts
 

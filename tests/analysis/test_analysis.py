@@ -177,7 +177,8 @@ def test_compacted_files_read_like_one_file_per_trial(tmp_path):
     from analysis.compact import main as compact_main
 
     per_trial = tmp_path / "per_trial"
-    write_sweep(per_trial, SyntheticSweep(lambda o, n, u, lr, l2: 0.5, seeds=(0,)))
+    write_sweep(per_trial, SyntheticSweep(lambda o, n, u, lr, l2: 0.5, seeds=(0,),
+                                          extra={"data_dir": str(tmp_path / "cifar10")}))
     compact = tmp_path / "compact"
     assert compact_main(["--results", str(per_trial), "--out", str(compact)]) == 0
     assert [p.name for p in (compact / "history").iterdir()] == ["per_trial.parquet"]
@@ -187,6 +188,11 @@ def test_compacted_files_read_like_one_file_per_trial(tmp_path):
     assert b.skipped == [] and a.skipped == []
     assert list(b.trials["trial_id"]) == list(a.trials["trial_id"]) and len(a.trials) == 25
     assert len(b.history) == len(a.history) == 25 * 3
+    # the machine's path is in the sweep's own files, not in the compacted ones meant to ship
+    assert set(a.trials["data_dir"]) == {str(tmp_path / "cifar10")}
+    assert b.trials["data_dir"].isna().all() and b.history["data_dir"].isna().all()
+    assert (b.trials.drop(columns="data_dir").reset_index(drop=True)
+            .equals(a.trials.drop(columns="data_dir").reset_index(drop=True)))
 
 
 def test_corrupt_sweep_json_is_a_named_warning_not_a_silent_empty_grid(tmp_path):
