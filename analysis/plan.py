@@ -39,7 +39,7 @@ def forecast_steps(cfg: TrialConfig, grad: Grad = None) -> float:
 def forecast_ready(cfg: TrialConfig, grad: Grad = None) -> bool:
     """Whether RELAX_FACTOR forecast relaxation times fit in the config's budget."""
     budget = budget_steps(cfg.data, cfg.n_train, cfg.batch_size, cfg.epochs)
-    return bool(cfg.l2 > 0 and R.RELAX_FACTOR * forecast_steps(cfg, grad) <= budget)
+    return bool(cfg.l2 > 0 and R.relaxes_in_budget(cfg.l2, forecast_steps(cfg, grad), budget))
 
 
 def measured_grad(uri: str) -> dict[str, float]:

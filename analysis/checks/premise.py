@@ -66,11 +66,15 @@ def equilibrated(points: pd.DataFrame, factor: float = 1.0) -> pd.Series:
     return (points["l2"] > 0) & (points["norm_drift"] <= factor * NORM_DRIFT_MAX) & angle_ok
 
 
+def relaxes_in_budget(l2, relax_steps, budget_steps):
+    """Whether a budget holds RELAX_FACTOR forecast relaxation times (never where l2 = 0);
+    scalars or Series alike, so the check and `analysis.plan` apply one rule."""
+    return (l2 > 0) & (RELAX_FACTOR * relax_steps <= budget_steps)
+
+
 def forecast_ready(points: pd.DataFrame) -> pd.Series:
     """Points whose budget holds RELAX_FACTOR forecast relaxation times."""
-    positive = points["l2"] > 0
-    return positive & (RELAX_FACTOR * points["relax_steps"].where(positive, 0)
-                       <= points["budget_steps"])
+    return relaxes_in_budget(points["l2"], points["relax_steps"], points["budget_steps"])
 
 
 def enough_points(p: pd.DataFrame) -> bool:
