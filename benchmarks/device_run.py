@@ -1,7 +1,7 @@
-"""The GPU numbers issue 18 asks for, in one call of at most --budget-s seconds (default 450),
+"""The GPU numbers (docs/performance.md), in one call of at most --budget-s seconds (default 450),
 on a machine with torch, numpy, pillow, pyarrow, pandas and pyyaml but without Ray:
 
-1. CIFAR-10 built from the carried JPEG archive (benchmarks/cifar_jpeg.py);
+1. CIFAR-10 read from --data-dir or built from a JPEG archive (benchmarks/cifar_jpeg.py);
 2. fused throughput on real data (benchmarks/fused_throughput.measure): one group of K models
    for K = 1, 8, 16, 32, 49 in fp32 and bf16, eager, the K = 1 baseline in the same run;
 3. a paper-regime slice: the `paper` grid's sgd + batch norm + l2 cell, seed 0, its 7 lr x 7 l2
@@ -16,7 +16,7 @@ log.txt, grid.yaml (the slice as a grid file), trials/<name>.parquet and history
 rates.json is rewritten after every measurement, the Parquet files right after the slice:
 a run cut short still leaves what it measured.
 
-    python3 benchmarks/device_run.py --archive .cache/device/cifar10-jpeg.tar.gz --device cuda --out "$OUT"
+    python benchmarks/device_run.py --data-dir DIR --device cuda --out results/gpu
     python benchmarks/device_run.py --tiny --out DIR     # the same steps in seconds on a CPU
 """
 from __future__ import annotations
@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--data-dir", help="an existing copy holding cifar-10-batches-py")
     src.add_argument("--tiny", action="store_true",
                      help="synthetic data, width 4, K = 1-4, one epoch, CPU: the tests' mode")
-    p.add_argument("--out", required=True, type=Path, help="where the 5 files go, e.g. $OUT")
+    p.add_argument("--out", required=True, type=Path, help="where the 5 files go, e.g. results/gpu")
     p.add_argument("--work", type=Path, help="where CIFAR-10 is built (default: a temporary folder)")
     p.add_argument("--name", default="paper_slice", help="the slice's sweep name (file stem)")
     p.add_argument("--device", default="auto")

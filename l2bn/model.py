@@ -8,7 +8,7 @@ from torch.nn.utils import parametrize
 from .schema import CLASSIFIER, CONV_LAYERS, LAYERS
 
 # Smallest norm a scale-invariant group is divided by (projection and weight norm): a unit
-# whose weights reach exactly 0 (a dead channel's v under Adam's L2, issue 17) then gives 0,
+# whose weights reach exactly 0 (a dead channel's v under Adam's L2) then gives 0,
 # not 0/0 = NaN. Like torch.nn.functional.normalize's eps.
 NORM_FLOOR = 1e-12
 
