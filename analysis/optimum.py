@@ -14,7 +14,10 @@ optimistic), N_BOOT replicates, a fixed RNG seed; the Monte Carlo error of each 
 half-width of the order statistics one binomial SD either side (in ln p). Per lr the same
 fit on that lr's points asks the paper's question: do the minima of the lr curves sit on one
 iso-line (their intervals overlap)? Not asked (None) when every lr's interval reaches the
-same design end, where they overlap whatever the curves do. Descriptive: no verdict, no p-value in the family.
+same design end, where they overlap whatever the curves do. A cell at chance (every point
+within CHANCE_MARGIN of 0.9, as the premise check defines it) has no optimum to locate: its
+fitted minimum would be noise, so it gets no row. Descriptive: no verdict, no p-value in the
+family.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import pandas as pd
 from l2bn import theory
 
 from .checks.isolines import diagonal_ids
-from .checks.premise import CHANCE_ERROR
+from .checks.premise import CHANCE_ERROR, at_chance
 
 N_BOOT = 2000
 CI_LEVEL = 0.95
@@ -125,11 +128,13 @@ def minima_overlap(per_lr: list[tuple[float, float, float]], p_lo: float, p_hi: 
 
 
 def optimum_table(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per update=l2 cell whose points lie on >= 3 diagonals."""
+    """One row per update=l2 cell whose points lie on >= 3 diagonals and are not all at chance."""
     rows = []
     for cell, p in points[(points["update"] == "l2") & (points["l2"] > 0)].groupby("cell", sort=True):
         s = theory.iso_slope(p.iloc[0]["optimizer"])
         if len(np.unique(diagonal_ids(p["lr"].to_numpy(float), p["l2"].to_numpy(float), s))) < 3:
+            continue
+        if at_chance(p):  # a flat line at 0.9: the fit's minimum would be noise
             continue
         rng = np.random.default_rng([SEED, zlib.crc32(cell.encode())])
         rows.append({"cell": cell, "s_theory": s} | cell_optimum(p, rng))

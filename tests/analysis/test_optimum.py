@@ -15,12 +15,23 @@ LRS = (0.025, 0.05, 0.1)
 PRODUCTS = (2e-4, 5e-4, 1e-3, 2e-3, 4e-3)
 
 
-def optimum_of(tmp_path, error, noise=0.01):
+def optimum_table_of(tmp_path, error, noise=0.01):
     points = tuple((lr, p / lr) for p in PRODUCTS for lr in LRS)
     write_sweep(tmp_path, SyntheticSweep(error, points=points, noise=noise, steps_per_epoch=20_000))
-    table = run_checks(load_results(str(tmp_path)), sensitivity=False).optimum
+    return run_checks(load_results(str(tmp_path)), sensitivity=False).optimum
+
+
+def optimum_of(tmp_path, error, noise=0.01):
+    table = optimum_table_of(tmp_path, error, noise)
     assert len(table) == 1
     return table.iloc[0]
+
+
+def test_a_cell_at_chance_has_no_optimum_row(tmp_path):
+    """Error at chance everywhere (a U of 0.01 on top, which a fit would find): no row."""
+    table = optimum_table_of(tmp_path, lambda o, n, u, lr, l2:
+                             0.89 + 0.01 * math.log(lr * l2 / 1e-3) ** 2 / 4, noise=0.002)
+    assert table.empty
 
 
 def test_fitted_minimum_of_parabolas_and_lines_by_hand():
