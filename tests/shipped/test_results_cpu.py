@@ -32,6 +32,12 @@ STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", 
          "iso_p_equiv_adj", "iso_p_out", "iso_p_out_adj", "iso_across_p", "iso_across_p_adj",
          "p", "p_adj", "dof", "p_star", "p_star_low", "p_star_high")
 
+# The sensitivity table's "dof +1" fits have more spline coefficients than an iso-line
+# design has distinct x = log(lr) + s log(l2) near the fitted s: the basis is nearly singular
+# there, so the CPU's BLAS kernels move its statistics in the 5th digit (3e-5 measured
+# between two x86_64 machines; every other table agrees to 1e-9). Verdicts compare exactly.
+SENSITIVITY_REL = 1e-4
+
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
 def committed_and_fresh(request):
@@ -74,12 +80,13 @@ def test_analysis_reproduces_committed_statistics(committed_and_fresh, table):
     assert [tuple(r.get(k) for k in key) for r in fresh[table]] == \
         [tuple(r.get(k) for k in key) for r in committed[table]]
     assert [r.get("verdict") for r in fresh[table]] == [r.get("verdict") for r in committed[table]]
+    rel = SENSITIVITY_REL if table == "sensitivity" else 1e-9
     for new, old in zip(fresh[table], committed[table], strict=True):
         for stat in STATS:
             if old.get(stat) is None:
                 assert new.get(stat) is None, (new["cell"], stat)
             else:
-                assert new[stat] == pytest.approx(old[stat], rel=1e-9, abs=1e-12), (new["cell"], stat)
+                assert new[stat] == pytest.approx(old[stat], rel=rel, abs=1e-12), (new["cell"], stat)
 
 
 def test_v3d_fails_the_premise_not_the_prediction():

@@ -165,10 +165,16 @@ def test_adam_trial_writes_both_columns_per_model(tmp_path):
     assert steps[:len(LAYERS)] != pytest.approx(steps[len(LAYERS):], rel=1e-3)
 
 
+def close_rows(a: dict, b: dict, rel: float) -> bool:
+    """Same keys; floats within `rel` of each other, everything else equal."""
+    return a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=rel) if isinstance(b[k], float) and isinstance(a[k], float)
+        else a[k] == b[k] for k in b)
+
 def test_a_model_frozen_mid_epoch_leaves_the_others_diagnostics_unchanged(monkeypatch):
     """Adam, 64 steps an epoch: the diverging middle model is frozen at the step-50 check,
     mid-epoch, so the accumulators (last gradient, Adam's step) must drop it there."""
-    # bit-equal rows need one conv algorithm for 3 and 2 models: NCHW (channels_last picks
+    # rows equal to 1e-12 need one conv algorithm for 3 and 2 models: NCHW (channels_last picks
     # kernels by group count, which moves float32 rounding, not what this test guards)
     base = dict(SMALL, batch_size=8, n_train=512, epochs=2, optimizer="adam", norm="none",
                 layout="nchw")
@@ -190,7 +196,11 @@ def test_a_model_frozen_mid_epoch_leaves_the_others_diagnostics_unchanged(monkey
     while not alone.done:
         alone.run_epoch()
     for got, want in zip([fused.histories[0], fused.histories[2]], alone.histories, strict=True):
-        assert [comparable(r) for r in got] == [comparable(r) for r in want]
+        # float64 reductions over 3 stacked models vs 2 may round in the last bit on CPUs
+        # whose kernels vectorize by tensor shape (AVX-512); a model left in the
+        # accumulators moves these columns by far more than 1e-12
+        for g, w in zip(got, want, strict=True):
+            assert close_rows(comparable(g), comparable(w), rel=1e-12)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
