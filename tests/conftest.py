@@ -21,6 +21,12 @@ def comparable(row: dict) -> dict:
             for k, v in row.items() if k not in VOLATILE}
 
 
+def close_rows(a: dict, b: dict, rel: float) -> bool:
+    """Two comparable() rows: same keys, floats within `rel`, everything else equal."""
+    return a.keys() == b.keys() and all(
+        math.isclose(a[k], v, rel_tol=rel) if isinstance(v, float) and isinstance(a[k], float)
+        else a[k] == v for k, v in b.items())
+
 def grid_file(tmp_path: Path, text: str, name: str = "grid.yaml") -> str:
     """Path of a grid file holding `text`."""
     path = tmp_path / name

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import comparable
+from conftest import close_rows, comparable
 
 from l2bn.config import TrialConfig
 from l2bn.metrics import UpdateTracker, layer_metrics
@@ -164,12 +164,6 @@ def test_adam_trial_writes_both_columns_per_model(tmp_path):
     assert all(-1 <= v <= 1 for v in autocorr), autocorr
     assert steps[:len(LAYERS)] != pytest.approx(steps[len(LAYERS):], rel=1e-3)
 
-
-def close_rows(a: dict, b: dict, rel: float) -> bool:
-    """Same keys; floats within `rel` of each other, everything else equal."""
-    return a.keys() == b.keys() and all(
-        math.isclose(a[k], b[k], rel_tol=rel) if isinstance(b[k], float) and isinstance(a[k], float)
-        else a[k] == b[k] for k in b)
 
 def test_a_model_frozen_mid_epoch_leaves_the_others_diagnostics_unchanged(monkeypatch):
     """Adam, 64 steps an epoch: the diverging middle model is frozen at the step-50 check,
