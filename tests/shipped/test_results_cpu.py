@@ -32,10 +32,14 @@ STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", 
          "iso_p_equiv_adj", "iso_p_out", "iso_p_out_adj", "iso_across_p", "iso_across_p_adj",
          "p", "p_adj", "dof", "p_star", "p_star_low", "p_star_high")
 
-# The sensitivity table's "dof +1" fits have more spline coefficients than an iso-line
-# design has distinct x = log(lr) + s log(l2) near the fitted s: the basis is nearly singular
-# there, so the CPU's BLAS kernels move its statistics in the 5th digit (3e-5 measured
-# between two x86_64 machines; every other table agrees to 1e-9). Verdicts compare exactly.
+# Statistics are compared to STATS_REL relative: OpenBLAS picks its kernels by CPU, and v3's
+# adam + batch norm fit (an optimized slope, then a lack-of-fit p) moves by 2e-6 between its
+# Sandybridge/Prescott kernels and Haswell/SkylakeX/Zen ones (OPENBLAS_CORETYPE, measured on
+# every shipped folder); every other statistic agrees to 3e-10. The sensitivity table's
+# "dof +1" fits have more spline coefficients than an iso-line design has distinct
+# x = log(lr) + s log(l2) near the fitted s: nearly singular there, they move in the 5th digit
+# (2.6e-5 measured). Verdicts compare exactly.
+STATS_REL = 1e-5
 SENSITIVITY_REL = 1e-4
 
 
@@ -80,7 +84,7 @@ def test_analysis_reproduces_committed_statistics(committed_and_fresh, table):
     assert [tuple(r.get(k) for k in key) for r in fresh[table]] == \
         [tuple(r.get(k) for k in key) for r in committed[table]]
     assert [r.get("verdict") for r in fresh[table]] == [r.get("verdict") for r in committed[table]]
-    rel = SENSITIVITY_REL if table == "sensitivity" else 1e-9
+    rel = SENSITIVITY_REL if table == "sensitivity" else STATS_REL
     for new, old in zip(fresh[table], committed[table], strict=True):
         for stat in STATS:
             if old.get(stat) is None:
