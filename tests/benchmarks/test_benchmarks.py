@@ -34,3 +34,19 @@ def test_fused_rate_refuses_more_steps_than_the_data_holds():
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "img/s" not in out.stdout
     assert out.stderr.strip().splitlines()[-1].startswith("error: config field 'n_train' must be at most 512")
+
+
+def test_subnormal_benchmark_builds_the_dead_channel_state_it_claims():
+    """benchmarks/subnormal.py times v4c's state: a share of each conv layer's channels with
+    subnormal weights that stay subnormal with flush-to-zero off and become 0 with it on."""
+    import torch
+    bench = load_script("subnormal")
+    try:
+        slow = bench.dead_group(k=2, width=4, dead=0.5)
+        assert bench.subnormal_share(slow) == pytest.approx(0.5, abs=0.05)
+        bench.timed_epoch(slow, flush=False)
+        assert bench.subnormal_share(slow) == pytest.approx(0.5, abs=0.05)
+        bench.timed_epoch(slow, flush=True)
+        assert bench.subnormal_share(slow) == 0.0
+    finally:
+        torch.set_flush_denormal(False)
