@@ -342,13 +342,15 @@ def l2_sensitivity(points: pd.DataFrame, projection: pd.DataFrame) -> Figure | N
                     .groups)
     if not groups or "projection" not in set(points["update"]):
         return None
-    fig = Figure(figsize=(2 * PANEL[0], PANEL[1] * len(groups)), layout="constrained")
-    axes = fig.subplots(len(groups), 2, squeeze=False, sharey="row")
+    # a column per update the folder has: an empty column would also hide the shared y ticks
+    updates = [u for u in ("l2", "projection") if u in set(points["update"])]
+    fig = Figure(figsize=(len(updates) * PANEL[0], PANEL[1] * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), len(updates), squeeze=False, sharey="row")
     l2axis = L2Axis.from_values(points["l2"].to_numpy())
     lr_norm = matplotlib.colors.LogNorm(points["lr"].min(), points["lr"].max() * 1.0001)
     large = {r["cell"]: r["large_l2"] for r in projection.to_dict("records")} if len(projection) else {}
     for row, (opt, norm, setting) in zip(axes, groups, strict=True):
-        for ax, update in zip(row, ("l2", "projection"), strict=True):
+        for ax, update in zip(row, updates, strict=True):
             c = points[(points["optimizer"] == opt) & (points["norm"] == norm)
                        & (points["setting"] == setting) & (points["update"] == update)]
             cell = f"{opt}/{norm}/{update}{setting}"

@@ -340,8 +340,8 @@ def test_a_regimes_folder_gets_figure_9_regimes_json_and_its_section(tmp_path, f
 def test_a_projection_only_folder_reports_its_one_check(tmp_path):
     """A folder like results/v4b (update=projection only, 3 lr x 3 l2 x 2 seeds, error flat in
     l2): one projection verdict, a family of its 2 p-values, the checks with no cell as
-    "_none_" rather than header-only Markdown tables, and figure 3's legend on the
-    projection panel."""
+    "_none_" rather than header-only Markdown tables, and figure 3 as the projection panel
+    alone (an empty update=l2 column would hide the shared y ticks), with its legend."""
     sweep = SyntheticSweep(lambda o, n, u, lr, l2: 0.25 + 0.02 * math.log2(lr / 0.05),
                            updates=("projection",), lrs=(0.025, 0.05, 0.1),
                            l2s=(6.25e-5, 5e-4, 4e-3), seeds=(0, 1), noise=0.002)
@@ -357,5 +357,6 @@ def test_a_projection_only_folder_reports_its_one_check(tmp_path):
     from analysis.collapse import run_checks
     from analysis.load import load_results
     checks = run_checks(load_results(str(tmp_path / "r")), sensitivity=False)
-    left, right = plots.l2_sensitivity(checks.points, checks.projection).axes
-    assert left.get_legend() is None and right.get_legend() is not None
+    (only,) = plots.l2_sensitivity(checks.points, checks.projection).axes
+    assert only.get_title().endswith("projection") and only.get_legend() is not None
+    assert only.yaxis.get_ticklabels()[0].get_visible()

@@ -21,7 +21,8 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"
 # name: (trials, history rows)
 SHIPPED = {"cpu": (176, 704), "cpu_adam": (40, 160), "v2": (336, 1334), "v3": (486, 3331),
            "v3b": (63, 441), "v3c": (27, 756), "v3d": (27, 756), "v3e": (27, 756), "v3f": (27, 189),
-           "regimes": (66, 16500), "breadth": (1008, 7056), "v4": (90, 2700)}
+           "regimes": (66, 16500), "breadth": (1008, 7056), "v4": (90, 2700),
+           "v4b": (18, 540)}
 # v3: 27 diverged trials stop at their diverged epoch
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "lof_p_adj",
          "slope_p_equiv", "slope_p_equiv_adj", "slope_p_out", "slope_p_out_adj", "l2_effect",
