@@ -143,8 +143,8 @@ def test_eval_last_evaluates_only_the_final_epochs():
 def test_a_cpu_trial_flushes_subnormal_floats_to_zero():
     """Dead channels decay into subnormal floats, which x86 CPUs compute on ~10x slower: a CPU
     trial turns on flush-to-zero before it trains (and leaves it on for its thread)."""
+    torch.set_flush_denormal(False)  # an earlier trial in this process may have turned it on
     tiny = torch.tensor([1e-40])  # below float32's smallest normal, 1.2e-38
-    torch.set_flush_denormal(False)
     try:
         assert (tiny * 1.0).item() > 0
         l2bn.train.Trial(TrialConfig(**SMALL, optimizer="adam", lr=1e-3, l2=1e-4))
