@@ -23,6 +23,7 @@ from l2bn.config import TrialConfig
 from l2bn.schema import CONV_LAYERS
 from l2bn.train import Trial
 
+
 def dead_group(k: int, width: int, dead: float) -> Trial:
     """A fused adam + batch norm group, trained one epoch, whose conv layers each have `dead`
     of their channels dead with subnormal weights and first moments."""
@@ -80,7 +81,6 @@ def main() -> None:
     for _ in range(args.epochs):
         off.append(timed_epoch(slow, False))
         on.append(timed_epoch(fast, True))
-    torch.set_flush_denormal(True)
     print(f"K={args.k} width {args.width}, {args.dead:.0%} of channels dead, 1 thread, "
           f"{args.epochs} epochs each (synthetic 512 images, batch 32)")
     print(f"flush off: {min(off):.3f} s per epoch; flush on: {min(on):.3f} s; "

@@ -27,6 +27,7 @@ def close_rows(a: dict, b: dict, rel: float) -> bool:
         math.isclose(a[k], v, rel_tol=rel) if isinstance(v, float) and isinstance(a[k], float)
         else a[k] == v for k, v in b.items())
 
+
 def grid_file(tmp_path: Path, text: str, name: str = "grid.yaml") -> str:
     """Path of a grid file holding `text`."""
     path = tmp_path / name

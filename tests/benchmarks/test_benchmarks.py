@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, load_script
 
 from l2bn.config import ConfigError, TrialConfig
@@ -39,7 +40,6 @@ def test_fused_rate_refuses_more_steps_than_the_data_holds():
 def test_subnormal_benchmark_builds_the_dead_channel_state_it_claims():
     """benchmarks/subnormal.py times v4c's state: a share of each conv layer's channels with
     subnormal weights that stay subnormal with flush-to-zero off and become 0 with it on."""
-    import torch
     bench = load_script("subnormal")
     try:
         slow = bench.dead_group(k=2, width=4, dead=0.5)
