@@ -22,7 +22,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"
 SHIPPED = {"cpu": (176, 704), "cpu_adam": (40, 160), "v2": (336, 1334), "v3": (486, 3331),
            "v3b": (63, 441), "v3c": (27, 756), "v3d": (27, 756), "v3e": (27, 756), "v3f": (27, 189),
            "regimes": (66, 16500), "breadth": (1008, 7056), "v4": (90, 2700),
-           "v4b": (18, 540)}
+           "v4b": (18, 540), "v4c": (36, 1080)}
 # v3: 27 diverged trials stop at their diverged epoch
 STATS = ("s", "ci_low", "ci_high", "r2adj_1d", "r2adj_lr", "r2adj_l2", "lof_p", "lof_p_adj",
          "slope_p_equiv", "slope_p_equiv_adj", "slope_p_out", "slope_p_out_adj", "l2_effect",
@@ -136,3 +136,18 @@ def test_v4_learns_and_its_optimum_lies_at_the_designs_smallest_product():
     assert best["sgd/batch/l2, scale_invariant=False"] <= 0.25
     for row in committed["optimum"]:
         assert row["p_star_low"] == row["p_min"] and row["inside"] is False
+
+
+def test_v4c_verdicts_and_optimum_are_the_readmes():
+    """results/v4c's claims in its README, from its committed collapse.json: adam + batch
+    norm's test-error collapse PASSes, its iso-lines are INSUFFICIENT, its train-loss collapse
+    and equilibrium FAIL, and every lr's optimum is at the design's smallest product."""
+    committed = json.loads((RESULTS / "v4c" / "collapse.json").read_text())
+    verdicts = {(r["check"], r["cell"]): r["verdict"] for r in committed["verdicts"]}
+    assert verdicts == {("collapse", "adam/batch/l2"): "PASS",
+                        ("iso_lines", "adam/batch/l2"): "INSUFFICIENT",
+                        ("collapse_train", "adam/batch/l2"): "FAIL",
+                        ("equilibrium", "adam/batch/l2"): "FAIL"}
+    (row,) = committed["optimum"]
+    assert row["p_star_low"] == row["p_star_high"] == row["p_min"] and row["inside"] is False
+    assert all(p_star == row["p_min"] for _, p_star, _, _ in row["per_lr"])
