@@ -74,7 +74,8 @@ def main() -> None:
     slow = dead_group(args.k, args.width, args.dead)
     fast = dead_group(args.k, args.width, args.dead)
     print(f"subnormal share of the conv weights before timing: {subnormal_share(slow):.3f}")
-    timed_epoch(slow, False), timed_epoch(fast, True)  # warm-up
+    timed_epoch(slow, False)  # warm-up
+    timed_epoch(fast, True)
     print(f"after a warm-up epoch: flush off {subnormal_share(slow):.3f}, "
           f"on {subnormal_share(fast):.3f}")
     off, on = [], []

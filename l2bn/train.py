@@ -47,10 +47,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def flush_subnormals() -> None:
-    """Flush subnormal floats to zero on this CPU thread (and threads it starts later)."""
+    """Flush subnormal floats to zero on this CPU thread and the threads it starts later."""
     # Dead channels' weights and Adam moments decay into subnormals (below 1.2e-38), which x86
     # CPUs compute on through slow microcode assists: adam + batch norm epochs went from 60 s
     # to 470 s as channels died (benchmarks/subnormal.py). FTZ/DAZ changes only those values.
+    # The setting is per thread: intra-op threads already running keep gradual underflow, so
+    # it must come before a process's first multi-threaded op (Trial.__init__ calls it first).
     torch.set_flush_denormal(True)
 
 
